@@ -1,0 +1,29 @@
+"""`rr`: the service's command line."""
+
+from __future__ import annotations
+
+import typer
+
+from app.training.commands import register as register_training
+
+app = typer.Typer(help="RouterRetriever gateway: serve, train experts, evaluate.", no_args_is_help=True)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    port: int = typer.Option(8000, help="TCP port."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Run the HTTP gateway (settings come from RR_* environment variables)."""
+    import uvicorn
+
+    from app.api.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+
+
+register_training(app)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,5 @@
+"""Query and document encoders: the frozen base model plus a pool of LoRA experts."""
+
+from app.encoder.lora_encoder import BASE, LoraEncoder
+
+__all__ = ["BASE", "LoraEncoder"]

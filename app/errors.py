@@ -1,0 +1,33 @@
+"""Domain errors. HTTP-free: the API layer maps each class to one status code."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class; `code` is the stable machine-readable error code."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServiceError):
+    code = "invalid_request"
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    code = "conflict"
+
+
+class InvalidAdapter(ServiceError):
+    code = "invalid_adapter"
+
+
+class Unavailable(ServiceError):
+    code = "unavailable"

@@ -1,0 +1,1 @@
+"""Expert artifacts on disk, their validation, and the registry that serves them."""

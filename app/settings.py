@@ -1,0 +1,48 @@
+"""One `Settings` object for the whole service, read from `RR_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_datasets_dir() -> Path | None:
+    candidate = Path("../shared/datasets")
+    return candidate if candidate.is_dir() else None
+
+
+class Settings(BaseSettings):
+    """Service configuration. Every field maps to `RR_<FIELD>` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="RR_", env_file=None, extra="ignore")
+
+    experts_dir: Path = Path("experts")
+    indexes_dir: Path = Path("indexes")
+    datasets_dir: Path | None = Field(default_factory=_default_datasets_dir)
+    # No default on purpose: admin endpoints answer 503 until an operator sets a token.
+    admin_token: SecretStr | None = None
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_resident_experts: int = Field(default=16, ge=1)
+    max_seq_length: int = Field(default=256, ge=8, le=512)
+    encode_batch_size: int = Field(default=64, ge=1)
+
+    router_aggregation: Literal["mean", "max"] = "mean"
+    # Below this cosine similarity to the best expert's pilots the query falls back to the
+    # base encoder and is searched across all indexes. Experts may carry their own
+    # calibrated threshold in expert.json, which takes precedence.
+    router_fallback_threshold: float = Field(default=0.0, ge=-1.0, le=1.0)
+
+    index_kind: Literal["flat", "hnsw"] = "flat"
+    hnsw_m: int = Field(default=32, ge=4)
+
+    max_query_chars: int = Field(default=2048, ge=1)
+    max_batch_queries: int = Field(default=256, ge=1)
+    max_k: int = Field(default=1000, ge=1)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    redis_url: str | None = None  # reserved: shared state across gateways (later work)
+

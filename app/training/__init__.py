@@ -1,0 +1,1 @@
+"""Expert training, pilot building and evaluation (offline; never imports the HTTP layer)."""
