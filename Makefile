@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` (the service) and `make test` (the tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+RR := $(VENV)/bin/rr
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export RR_DATASETS_DIR ?= ../shared/datasets
+
+.PHONY: install run test test-fast lint experts eval clean
+
+# torch==2.13.0 first: on CPU machines here it is the CPU build on disk; a bare `torch`
+# requirement would otherwise pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[train,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(RR) serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check app tests
+	$(VENV)/bin/ruff format --check app tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,48 @@
+"""FastAPI dependencies, named once."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.api.errors import ApiError
+from app.service.admin import AdminService
+from app.service.retrieval import RetrievalService
+from app.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="RR_ADMIN_TOKEN")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_retrieval(request: Request) -> RetrievalService:
+    return request.app.state.retrieval
+
+
+def get_admin(request: Request) -> AdminService:
+    return request.app.state.admin
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RetrievalDep = Annotated[RetrievalService, Depends(get_retrieval)]
+AdminDep = Annotated[AdminService, Depends(get_admin)]
+
+
+def require_admin(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Router-level guard for every admin route (constant-time token compare)."""
+    if settings.admin_token is None:
+        raise ApiError(503, "admin_disabled", "admin disabled: set RR_ADMIN_TOKEN to enable")
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise ApiError(401, "unauthorized", "missing bearer token", challenge)
+    expected = settings.admin_token.get_secret_value().encode()
+    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+        raise ApiError(401, "unauthorized", "wrong admin token", challenge)

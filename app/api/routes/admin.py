@@ -1,0 +1,78 @@
+"""Operator endpoints; every route here requires `Authorization: Bearer $RR_ADMIN_TOKEN`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+
+from app.api.deps import AdminDep, require_admin
+from app.api.errors import ERROR_RESPONSES
+from app.api.routes.experts import describe
+from app.api.schemas import DocumentsRequest, DocumentsResponse, ExpertOut
+from app.errors import InvalidAdapter, InvalidInput
+from app.index import Document
+
+router = APIRouter(
+    prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=ERROR_RESPONSES
+)
+
+
+def _pilot_queries(raw: str | None) -> list[str] | None:
+    if raw is None:
+        return None
+    try:
+        queries = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput("pilot_queries must be a JSON list of strings") from exc
+    if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+        raise InvalidInput("pilot_queries must be a JSON list of strings")
+    return queries
+
+
+@router.post("/experts", status_code=201, response_model=ExpertOut)
+async def register_expert(
+    request: Request,
+    admin: AdminDep,
+    name: Annotated[str, Form(description="Expert name: [a-z0-9][a-z0-9_-]{0,63}")],
+    adapter_config: Annotated[UploadFile, File(description="peft adapter_config.json")],
+    adapter_model: Annotated[UploadFile, File(description="adapter_model.safetensors")],
+    description: Annotated[str, Form()] = "",
+    pilot_queries: Annotated[str | None, Form(description="JSON list of example queries")] = None,
+    pilots: Annotated[UploadFile | None, File(description="float32 (n, 384) .npy")] = None,
+) -> ExpertOut:
+    """Register a LoRA expert; it is validated against the base model, then serves at once."""
+    if (adapter_model.filename or "").endswith((".bin", ".pt", ".pth", ".pkl")):
+        raise InvalidAdapter("pickle checkpoints are refused; upload adapter_model.safetensors")
+    await admin.register_expert(
+        name,
+        await adapter_config.read(),
+        await adapter_model.read(),
+        pilots_npy=await pilots.read() if pilots is not None else None,
+        pilot_queries=_pilot_queries(pilot_queries),
+        description=description,
+    )
+    return describe(request.app.state.ctx, name)
+
+
+@router.delete("/experts/{name}", status_code=204)
+async def delete_expert(name: str, admin: AdminDep) -> Response:
+    """Remove an expert, its adapter and its index; requests already running finish first."""
+    await admin.delete_expert(name)
+    return Response(status_code=204)
+
+
+@router.put("/experts/{name}/documents", response_model=DocumentsResponse)
+async def upsert_documents(name: str, body: DocumentsRequest, admin: AdminDep) -> DocumentsResponse:
+    """Insert or replace documents (by id) in an expert's index; embedded by the base model."""
+    documents = [Document(d.id, d.text, d.title, d.metadata) for d in body.documents]
+    inserted, updated = await admin.upsert_documents(name, documents)
+    return DocumentsResponse(inserted=inserted, updated=updated)
+
+
+@router.delete("/experts/{name}/documents/{doc_id}", status_code=204)
+async def delete_document(name: str, doc_id: str, admin: AdminDep) -> Response:
+    """Delete one document from an expert's index."""
+    await admin.delete_document(name, doc_id)
+    return Response(status_code=204)

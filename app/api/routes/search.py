@@ -1,0 +1,100 @@
+"""Public retrieval endpoints: search, batch search, route, embeddings."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+from fastapi import APIRouter
+
+from app.api.deps import RetrievalDep
+from app.api.errors import ERROR_RESPONSES
+from app.api.schemas import (
+    BatchSearchRequest,
+    EmbeddingOut,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    HitOut,
+    RouteRequest,
+    RoutingOut,
+    SearchOptionsIn,
+    SearchRequest,
+    SearchResponse,
+    Usage,
+)
+from app.routing import RoutingDecision
+from app.service.retrieval import SearchOptions, SearchResult
+
+router = APIRouter(prefix="/v1", tags=["search"], responses=ERROR_RESPONSES)
+
+
+def _options(body: SearchOptionsIn) -> SearchOptions:
+    return SearchOptions(body.k, body.expert, body.index, body.top_experts, body.include_text)
+
+
+def _routing(decision: RoutingDecision) -> RoutingOut:
+    return RoutingOut(expert=decision.expert, scores=decision.scores, fallback=decision.fallback)
+
+
+def _response(result: SearchResult, include_text: bool) -> SearchResponse:
+    hits = [
+        HitOut(
+            id=r.hit.id,
+            score=r.score,
+            expert=r.expert,
+            index=r.hit.index,
+            title=r.hit.title if include_text else None,
+            text=r.hit.text if include_text else None,
+            metadata=r.hit.metadata if include_text else None,
+        )
+        for r in result.hits
+    ]
+    return SearchResponse(hits=hits, routing=_routing(result.routing), timing_ms=result.timing_ms)
+
+
+@router.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
+async def search(body: SearchRequest, service: RetrievalDep) -> SearchResponse:
+    """Route the query to an expert, embed it with that expert, search, return ranked hits.
+
+    `expert`: "auto" routes; "base" or a name forces the encoder. `index` pins the collection
+    searched. `top_experts > 1` searches the n best experts' indexes and fuses the lists by
+    reciprocal rank (score = sum of 1/(60 + rank)). On fallback (no expert close enough) the
+    base encoder searches every index and hits are merged by cosine score.
+    """
+    [result] = await service.search([body.query], _options(body))
+    return _response(result, body.include_text)
+
+
+@router.post("/search/batch", response_model=list[SearchResponse], response_model_exclude_none=True)
+async def search_batch(body: BatchSearchRequest, service: RetrievalDep) -> list[SearchResponse]:
+    """Several queries, same options; one routing pass and one expert pass for all of them."""
+    results = await service.search(body.queries, _options(body))
+    return [_response(r, body.include_text) for r in results]
+
+
+@router.post("/route", response_model=RoutingOut)
+async def route(body: RouteRequest, service: RetrievalDep) -> RoutingOut:
+    """The routing decision alone: chosen expert, every expert's score, fallback flag."""
+    [decision] = await service.route([body.query])
+    return _routing(decision)
+
+
+@router.post("/embeddings", response_model=EmbeddingsResponse)
+async def embeddings(body: EmbeddingsRequest, service: RetrievalDep) -> EmbeddingsResponse:
+    """OpenAI-compatible query embeddings; with model "auto" each input is routed first."""
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    embedded = await service.embed(texts, body.model)
+    tokens = sum(service.token_counts(texts))
+    data = [
+        EmbeddingOut(index=i, embedding=_encode(e.vector, body.encoding_format), expert=e.expert)
+        for i, e in enumerate(embedded)
+    ]
+    return EmbeddingsResponse(
+        data=data, model=body.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
+    )
+
+
+def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":  # little-endian float32, as OpenAI's clients decode it
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+    return vector.tolist()

@@ -1,0 +1,112 @@
+"""Request and response bodies of the public API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo'd option is an error, not ignored
+
+
+class SearchOptionsIn(_Strict):
+    k: int = Field(10, description="Hits to return (1..RR_MAX_K, default limit 1000).")
+    expert: str = Field("auto", description='"auto" (route), "base", or an expert name.')
+    index: str | None = Field(None, description="Pin the index searched (default: the expert's).")
+    top_experts: int = Field(1, ge=1, le=8, description="Search the n best routed experts, fused.")
+    include_text: bool = True
+
+
+class SearchRequest(SearchOptionsIn):
+    query: str
+
+
+class BatchSearchRequest(SearchOptionsIn):
+    queries: list[str] = Field(min_length=1)
+
+
+class HitOut(BaseModel):
+    id: str
+    score: float
+    expert: str = Field(description="Expert whose encoder embedded the query for this hit.")
+    index: str = Field(description="Index (collection) that holds the document.")
+    title: str | None = None
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class RoutingOut(BaseModel):
+    expert: str
+    scores: dict[str, float]
+    fallback: bool
+
+
+class SearchResponse(BaseModel):
+    hits: list[HitOut]
+    routing: RoutingOut
+    timing_ms: dict[str, float]
+
+
+class RouteRequest(_Strict):
+    query: str
+
+
+class EmbeddingsRequest(_Strict):
+    input: str | list[str]
+    model: str = Field("auto", description='"auto" (route each input), "base", or an expert.')
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None  # accepted for OpenAI compatibility; unused
+
+
+class EmbeddingOut(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+    expert: str = Field(description="Expert that embedded this input (base on fallback).")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingOut]
+    model: str
+    usage: Usage
+
+
+class ExpertOut(BaseModel):
+    name: str
+    description: str
+    base_model: str
+    created: str | None
+    pilot_count: int
+    adapter_sha256: str | None
+    fallback_threshold: float | None
+    documents: int
+    resident: bool
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExpertList(BaseModel):
+    experts: list[ExpertOut]
+
+
+class DocumentIn(_Strict):
+    id: str = Field(min_length=1, max_length=512)
+    title: str = Field("", max_length=10_000)
+    text: str = Field(min_length=1, max_length=1_000_000)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DocumentsRequest(_Strict):
+    documents: list[DocumentIn] = Field(min_length=1)
+
+
+class DocumentsResponse(BaseModel):
+    inserted: int
+    updated: int

@@ -1,0 +1,144 @@
+"""Where experts live: their artifacts on local disk, the router built from their pilots,
+and leases that let in-flight requests finish before a deleted expert's files go.
+
+All membership changes and lease acquisitions happen under one lock, so a request that saw
+an expert in the router snapshot can always lease it, and a delete waits for those leases.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from app.errors import Conflict, NotFound
+from app.experts.artifacts import (
+    ADAPTER_MODEL,
+    Expert,
+    list_expert_dirs,
+    read_expert,
+    remove_expert,
+    write_expert,
+)
+from app.experts.names import BASE_EXPERT, check_name
+from app.routing import Router
+from app.routing.router import Aggregation
+
+
+class ExpertRegistry:
+    def __init__(
+        self, experts_dir: Path, aggregation: Aggregation = "mean", threshold: float = 0.0
+    ) -> None:
+        self.experts_dir = experts_dir
+        self.aggregation: Aggregation = aggregation
+        self.threshold = threshold
+        self._experts: dict[str, Expert] = {}
+        self._leases: Counter[str] = Counter()
+        self._pending_removal: set[str] = set()
+        self._lock = threading.Condition()
+        self.router = Router({}, aggregation, threshold)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def load_all(self) -> list[str]:
+        with self._lock:
+            self._experts = {p.name: read_expert(p) for p in list_expert_dirs(self.experts_dir)}
+            self._rebuild_router()
+            return self.names()
+
+    def names(self) -> list[str]:
+        return sorted(self._experts)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._experts
+
+    def get(self, name: str) -> Expert:
+        try:
+            return self._experts[name]
+        except KeyError:
+            raise NotFound(f"expert {name!r} not found") from None
+
+    def adapter_dir(self, name: str) -> Path:
+        """Directory of an expert's adapter; the encoder's AdapterLocator."""
+        path = self.get(name).path
+        if not (path / ADAPTER_MODEL).exists():
+            raise NotFound(f"expert {name!r} has no adapter on disk")
+        return path
+
+    def _rebuild_router(self) -> None:
+        experts = self._experts.values()
+        self.router = Router(
+            {e.name: e.pilots for e in experts},
+            self.aggregation,
+            self.threshold,
+            {e.name: e.spec.fallback_threshold for e in experts},
+        )
+
+    # -- leases --------------------------------------------------------------------------
+
+    @contextmanager
+    def lease(self, names: Iterable[str]) -> Iterator[None]:
+        """Hold experts for the span of a request; NotFound if one is gone already."""
+        wanted = [n for n in set(names) if n != BASE_EXPERT]
+        with self._lock:
+            for name in wanted:
+                if name not in self._experts:
+                    raise NotFound(f"expert {name!r} not found")
+            self._leases.update(wanted)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._leases.subtract(wanted)
+                self._lock.notify_all()
+
+    # -- changes -------------------------------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        adapter_config: bytes,
+        adapter_model: bytes,
+        pilots: np.ndarray,
+        description: str = "",
+    ) -> Expert:
+        check_name(name)
+        with self._lock:
+            if name in self._experts or name in self._pending_removal:
+                raise Conflict(f"expert {name!r} already exists")
+            self._pending_removal.add(name)  # reserve the name while files are written
+        try:
+            expert = write_expert(
+                self.experts_dir, name, adapter_config, adapter_model, pilots, description
+            )
+        except FileExistsError:
+            raise Conflict(f"expert {name!r} already exists") from None
+        finally:
+            with self._lock:
+                self._pending_removal.discard(name)
+        with self._lock:
+            self._experts[name] = expert
+            self._rebuild_router()
+        return expert
+
+    def remove(self, name: str, timeout_s: float = 30.0) -> None:
+        """Stop routing to `name`, wait for its in-flight requests, then delete its files."""
+        with self._lock:
+            if name not in self._experts:
+                raise NotFound(f"expert {name!r} not found")
+            del self._experts[name]
+            self._pending_removal.add(name)
+            self._rebuild_router()
+            deadline = time.monotonic() + timeout_s
+            while self._leases[name] > 0 and time.monotonic() < deadline:
+                self._lock.wait(timeout=0.05)
+        try:
+            remove_expert(self.experts_dir, name)
+        finally:
+            with self._lock:
+                self._pending_removal.discard(name)

@@ -1,0 +1,230 @@
+"""One expert's searchable collection: SQLite is the durable truth, FAISS a derived copy.
+
+Each write is one SQLite transaction (documents, their base-encoder embeddings and a
+generation counter). The FAISS snapshot on disk records the generation it reflects; when a
+crash left it behind (or it is missing), opening the index rebuilds it from SQLite. So a
+crash mid-write leaves either the old or the new state readable, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.errors import NotFound
+from app.index.documents import Document, Hit
+from app.index.faiss_backend import faiss_module, new_index, search_copy
+
+DB_FILE = "docs.sqlite"
+INDEX_FILE = "index.faiss"
+SNAPSHOT_META = "index.json"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    embedding BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class ExpertIndex:
+    """Thread-safe: one lock guards the FAISS index and the SQLite connection."""
+
+    def __init__(self, name: str, path: Path, dim: int, kind: str = "flat", hnsw_m: int = 32):
+        self.name = name
+        self.path = path
+        self.dim = dim
+        self.kind = kind
+        self.hnsw_m = hnsw_m
+        self._lock = threading.RLock()
+        self._closed = False
+        path.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path / DB_FILE, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._index = self._load_or_rebuild()
+        self._searchable = search_copy(self._index)
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def readable(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            count = self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+            return bool(count == self._index.ntotal)
+
+    def _load_or_rebuild(self) -> Any:
+        faiss = faiss_module()
+        meta_path = self.path / SNAPSHOT_META
+        if meta_path.exists() and (self.path / INDEX_FILE).exists():
+            try:
+                meta = json.loads(meta_path.read_text())
+                if meta.get("generation") == self.generation and meta.get("kind") == self.kind:
+                    return faiss.read_index(str(self.path / INDEX_FILE))
+            except (ValueError, RuntimeError):
+                pass  # unreadable snapshot: rebuild from the durable store below
+        index = new_index(self.dim, self.kind, self.hnsw_m)
+        rows = self._db.execute("SELECT rowid, embedding FROM docs").fetchall()
+        if rows:
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+            index.add_with_ids(vectors.reshape(len(rows), self.dim), ids)
+        self._write_snapshot(index)
+        return index
+
+    def _write_snapshot(self, index: Any) -> None:
+        temp = self.path / f".{INDEX_FILE}.tmp"
+        faiss_module().write_index(index, str(temp))
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, self.path / INDEX_FILE)
+        meta_temp = self.path / f".{SNAPSHOT_META}.tmp"
+        meta_temp.write_text(json.dumps({"generation": self.generation, "kind": self.kind}))
+        os.replace(meta_temp, self.path / SNAPSHOT_META)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NotFound(f"index {self.name!r} not found")
+
+    # -- writes --------------------------------------------------------------------------
+
+    def upsert(self, documents: Sequence[Document], embeddings: np.ndarray) -> tuple[int, int]:
+        """Insert or replace documents by id. Returns (inserted, updated)."""
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.shape != (len(documents), self.dim):
+            raise ValueError("one embedding row per document")
+        latest = {doc.id: i for i, doc in enumerate(documents)}  # last one wins
+        with self._lock:
+            self._check_open()
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                old_rows, new_rows = [], []
+                for doc_id, i in latest.items():
+                    doc = documents[i]
+                    previous = db.execute("SELECT rowid FROM docs WHERE id=?", (doc_id,)).fetchone()
+                    if previous:
+                        old_rows.append(previous[0])
+                        db.execute("DELETE FROM docs WHERE rowid=?", (previous[0],))
+                    cursor = db.execute(
+                        "INSERT INTO docs (id, title, text, metadata, embedding) VALUES (?,?,?,?,?)",
+                        (doc.id, doc.title, doc.text, json.dumps(doc.metadata), embeddings[i].tobytes()),
+                    )
+                    new_rows.append((cursor.lastrowid, i))
+                self._bump_generation()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._apply(
+                remove=old_rows,
+                add_ids=np.array([r for r, _ in new_rows], dtype=np.int64),
+                add_vectors=embeddings[[i for _, i in new_rows]],
+            )
+        return len(latest) - len(old_rows), len(old_rows)
+
+    def delete(self, doc_id: str) -> bool:
+        with self._lock:
+            self._check_open()
+            row = self._db.execute("SELECT rowid FROM docs WHERE id=?", (doc_id,)).fetchone()
+            if row is None:
+                return False
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM docs WHERE rowid=?", (row[0],))
+            self._bump_generation()
+            self._db.execute("COMMIT")
+            self._apply(remove=[row[0]], add_ids=None, add_vectors=None)
+            return True
+
+    def _bump_generation(self) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES ('generation', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (str(self.generation + 1),),
+        )
+
+    def _apply(self, remove: list[int], add_ids: np.ndarray | None, add_vectors: Any) -> None:
+        if remove and self.kind == "hnsw":
+            # HNSW cannot delete vectors: rebuild from the durable store instead.
+            self._index = new_index(self.dim, self.kind, self.hnsw_m)
+            (self.path / SNAPSHOT_META).unlink(missing_ok=True)
+            self._index = self._load_or_rebuild()
+        else:
+            if remove:
+                self._index.remove_ids(np.array(remove, dtype=np.int64))
+            if add_ids is not None and len(add_ids):
+                self._index.add_with_ids(add_vectors, add_ids)
+            self._write_snapshot(self._index)
+        self._searchable = search_copy(self._index)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int, with_text: bool = True) -> list[list[Hit]]:
+        """Top-k hits per query row, best first."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        with self._lock:
+            self._check_open()
+            if self._index.ntotal == 0:
+                return [[] for _ in range(len(queries))]
+            scores, ids = self._searchable.search(queries, min(k, int(self._index.ntotal)))
+            wanted = {int(i) for i in ids.ravel() if i >= 0}
+            records = self._fetch(wanted, with_text)
+        return [
+            [
+                self._hit(records[int(i)], float(s), with_text)
+                for s, i in zip(score_row, id_row, strict=True)
+                if int(i) in records
+            ]
+            for score_row, id_row in zip(scores, ids, strict=True)
+        ]
+
+    def _fetch(self, rowids: set[int], with_text: bool) -> dict[int, tuple]:
+        if not rowids:
+            return {}
+        columns = "rowid, id, title, text, metadata" if with_text else "rowid, id"
+        marks = ",".join("?" * len(rowids))
+        rows = self._db.execute(f"SELECT {columns} FROM docs WHERE rowid IN ({marks})", list(rowids))
+        return {row[0]: row for row in rows}
+
+    def _hit(self, row: tuple, score: float, with_text: bool) -> Hit:
+        if not with_text:
+            return Hit(id=row[1], score=score, index=self.name)
+        return Hit(row[1], score, self.name, row[2], row[3], json.loads(row[4]))
+
+    def get(self, doc_id: str) -> Document | None:
+        with self._lock:
+            self._check_open()
+            row = self._db.execute(
+                "SELECT id, text, title, metadata FROM docs WHERE id=?", (doc_id,)
+            ).fetchone()
+        return None if row is None else Document(row[0], row[1], row[2], json.loads(row[3]))
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()

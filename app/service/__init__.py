@@ -1,0 +1,1 @@
+"""Use cases of the gateway: search, route, embed, and the admin changes."""

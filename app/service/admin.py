@@ -1,0 +1,114 @@
+"""Operator use cases: register and delete experts, upsert and delete documents."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+
+from app.encoder.documents import document_text
+from app.errors import Conflict, InvalidAdapter, InvalidInput, NotFound
+from app.experts.artifacts import Expert
+from app.experts.names import RESERVED, check_name
+from app.experts.validation import normalize_pilots, parse_pilots, validate_adapter
+from app.index import Document
+from app.service.context import ServiceContext
+
+# Documents are embedded in slices so searches interleave with a large upload.
+EMBED_SLICE = 128
+MAX_DOCUMENTS_PER_REQUEST = 10_000
+MAX_PILOT_QUERIES = 10_000
+
+
+class AdminService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+
+    def _require_expert(self, name: str) -> str:
+        check_name(name)
+        if name not in self.ctx.registry:
+            raise NotFound(f"expert {name!r} not found")
+        return name
+
+    async def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        encoder, worker = self.ctx.encoder, self.ctx.worker
+        parts = [
+            await worker.run(encoder.encode, list(texts[i : i + EMBED_SLICE]), None)
+            for i in range(0, len(texts), EMBED_SLICE)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
+
+    # -- experts -------------------------------------------------------------------------
+
+    async def register_expert(
+        self,
+        name: str,
+        adapter_config: bytes,
+        adapter_model: bytes,
+        pilots_npy: bytes | None = None,
+        pilot_queries: Sequence[str] | None = None,
+        description: str = "",
+    ) -> Expert:
+        """Validate everything first; only then write the expert and start serving it."""
+        check_name(name)
+        if name in RESERVED:
+            raise InvalidInput(f"{name!r} is reserved")
+        if name in self.ctx.registry:
+            raise Conflict(f"expert {name!r} already exists")
+        await asyncio.to_thread(
+            validate_adapter, adapter_config, adapter_model, self.ctx.encoder.module_shapes
+        )
+        pilots = await self._pilots(pilots_npy, pilot_queries)
+        expert = await asyncio.to_thread(
+            self.ctx.registry.add, name, adapter_config, adapter_model, pilots, description
+        )
+        try:
+            # Load it now: a failure surfaces here, not as base vectors under its name.
+            await self.ctx.worker.run(self.ctx.encoder.ensure_resident, [name])
+        except InvalidAdapter:
+            await asyncio.to_thread(self.ctx.registry.remove, name)
+            raise
+        await asyncio.to_thread(self.ctx.indexes.open, name)
+        return expert
+
+    async def _pilots(self, npy: bytes | None, queries: Sequence[str] | None) -> np.ndarray:
+        if (npy is None) == (queries is None):
+            raise InvalidInput("give exactly one of pilot_queries (JSON list) or pilots (.npy)")
+        if npy is not None:
+            return parse_pilots(npy, self.ctx.encoder.dim)
+        assert queries is not None
+        if not queries or len(queries) > MAX_PILOT_QUERIES:
+            raise InvalidInput(f"pilot_queries needs 1..{MAX_PILOT_QUERIES} example queries")
+        if any(not isinstance(q, str) or not q.strip() for q in queries):
+            raise InvalidInput("pilot_queries must be non-empty strings")
+        embedded = await self.ctx.worker.run(self.ctx.encoder.encode, list(queries), None)
+        # Without relevance labels the paper's per-query expert labelling is impossible:
+        # the expert's pilot is the plain centroid of its example queries.
+        return normalize_pilots(embedded.mean(axis=0), self.ctx.encoder.dim)
+
+    async def delete_expert(self, name: str) -> None:
+        """Stop routing to it, let in-flight requests finish, then drop adapter and index."""
+        self._require_expert(name)
+        await asyncio.to_thread(self.ctx.registry.remove, name)
+        await self.ctx.worker.run(self.ctx.encoder.unload, name)
+        await asyncio.to_thread(self.ctx.indexes.drop, name)
+
+    # -- documents -----------------------------------------------------------------------
+
+    async def upsert_documents(self, name: str, documents: Sequence[Document]) -> tuple[int, int]:
+        self._require_expert(name)
+        if not documents:
+            raise InvalidInput("documents must not be empty")
+        if len(documents) > MAX_DOCUMENTS_PER_REQUEST:
+            raise InvalidInput(f"at most {MAX_DOCUMENTS_PER_REQUEST} documents per request")
+        vectors = await self.embed_documents([document_text(d.title, d.text) for d in documents])
+        index = self.ctx.indexes.open(name)
+        return await asyncio.to_thread(index.upsert, documents, vectors)
+
+    async def delete_document(self, name: str, doc_id: str) -> None:
+        self._require_expert(name)
+        deleted = await asyncio.to_thread(self.ctx.indexes.get(name).delete, doc_id)
+        if not deleted:
+            raise NotFound(f"document {doc_id!r} not found in {name!r}")
+

@@ -1,0 +1,242 @@
+"""Search, route and embed: route -> expert-encode -> search -> fuse.
+
+One call handles a whole batch of queries: one base-encoder pass for routing, one
+mixed-expert pass (each row with its own adapter), then one FAISS search per index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.encoder import BASE
+from app.errors import InvalidInput, NotFound
+from app.experts.names import AUTO, BASE_EXPERT, check_name
+from app.index import Hit
+from app.routing import RoutingDecision
+from app.service.context import ServiceContext
+
+RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al., 2009)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    k: int = 10
+    expert: str = AUTO  # "auto" (route), "base", or an expert name
+    index: str | None = None  # pin the index searched; None = the encoding expert's own
+    top_experts: int = 1
+    include_text: bool = True
+
+
+@dataclass(frozen=True)
+class RankedHit:
+    hit: Hit
+    score: float
+    expert: str  # whose encoder embedded the query for this hit ("base" on fallback)
+
+
+@dataclass
+class SearchResult:
+    hits: list[RankedHit]
+    routing: RoutingDecision
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    vector: np.ndarray
+    expert: str
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
+
+
+class RetrievalService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+
+    # -- validation ----------------------------------------------------------------------
+
+    def check_queries(self, queries: Sequence[str]) -> None:
+        if not queries:
+            raise InvalidInput("at least one query is required")
+        if len(queries) > self.settings.max_batch_queries:
+            raise InvalidInput(f"at most {self.settings.max_batch_queries} queries per request")
+        for text in queries:
+            if not text.strip():
+                raise InvalidInput("query must not be empty or whitespace")
+            if len(text) > self.settings.max_query_chars:
+                raise InvalidInput(f"query longer than {self.settings.max_query_chars} characters")
+
+    def check_expert(self, name: str, allow_auto: bool = True) -> str:
+        if name == BASE_EXPERT or (allow_auto and name == AUTO):
+            return name
+        check_name(name)
+        if name not in self.ctx.registry:
+            raise NotFound(f"expert {name!r} not found")
+        return name
+
+    def check_index(self, name: str | None) -> str | None:
+        if name is not None and check_name(name) not in self.ctx.indexes:
+            raise NotFound(f"index {name!r} not found")
+        return name
+
+    # -- encoding ------------------------------------------------------------------------
+
+    async def _encode(self, texts: Sequence[str], experts: Sequence[str]) -> np.ndarray:
+        adapters = [BASE if e == BASE_EXPERT else e for e in experts]
+        return await self.ctx.worker.run(self.ctx.encoder.encode, list(texts), adapters)
+
+    async def route(self, queries: Sequence[str]) -> list[RoutingDecision]:
+        self.check_queries(queries)
+        base = await self._encode(queries, [BASE_EXPERT] * len(queries))
+        return self.ctx.registry.router.route(base)
+
+    async def embed(self, texts: Sequence[str], model: str) -> list[Embedding]:
+        """Query-side embeddings: `auto` routes each text, else one expert (or base)."""
+        self.check_queries(texts)
+        self.check_expert(model)
+        if model != AUTO:
+            with self.ctx.registry.lease([model]):
+                vectors = await self._encode(texts, [model] * len(texts))
+            return [Embedding(v, model) for v in vectors]
+        base = await self._encode(texts, [BASE_EXPERT] * len(texts))
+        chosen = [d.expert for d in self.ctx.registry.router.route(base)]
+        routed = [i for i, e in enumerate(chosen) if e != BASE_EXPERT]
+        with self.ctx.registry.lease(chosen):
+            if routed:
+                base[routed] = await self._encode([texts[i] for i in routed], [chosen[i] for i in routed])
+        return [Embedding(v, e) for v, e in zip(base, chosen, strict=True)]
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        return self.ctx.encoder.token_counts(texts)
+
+    # -- search --------------------------------------------------------------------------
+
+    async def search(self, queries: Sequence[str], options: SearchOptions) -> list[SearchResult]:
+        started = time.perf_counter()
+        self.check_queries(queries)
+        if not 1 <= options.k <= self.settings.max_k:
+            raise InvalidInput(f"k must be between 1 and {self.settings.max_k}")
+        self.check_expert(options.expert)
+        self.check_index(options.index)
+
+        base: np.ndarray | None = None
+        if options.expert == AUTO:
+            base = await self._encode(queries, [BASE_EXPERT] * len(queries))
+            decisions = self.ctx.registry.router.route(base)
+        else:
+            decisions = [RoutingDecision(options.expert, {}, False)] * len(queries)
+        route_ms = _ms(started)
+
+        plans = [self._encoders_for(d, options) for d in decisions]
+        used = {e for plan in plans for e in plan}
+        with self.ctx.registry.lease(used):
+            t_encode = time.perf_counter()
+            vectors = await self._plan_vectors(queries, plans, base)
+            encode_ms = _ms(t_encode)
+            t_search = time.perf_counter()
+            ranked = await self._search_plans(plans, vectors, options)
+            search_ms = _ms(t_search)
+        timing = {"route": route_ms, "encode": encode_ms, "search": search_ms, "total": _ms(started)}
+        return [
+            SearchResult(hits, decision, timing)
+            for hits, decision in zip(ranked, decisions, strict=True)
+        ]
+
+    @staticmethod
+    def _encoders_for(decision: RoutingDecision, options: SearchOptions) -> list[str]:
+        if decision.fallback or decision.expert == BASE_EXPERT:
+            return [BASE_EXPERT]
+        if options.expert == AUTO:
+            return decision.top(options.top_experts)
+        return [options.expert]
+
+    async def _plan_vectors(
+        self, queries: Sequence[str], plans: list[list[str]], base: np.ndarray | None
+    ) -> dict[tuple[int, str], np.ndarray]:
+        """One mixed-adapter pass for every (query, expert) pair the plans need."""
+        pairs = [(qi, e) for qi, plan in enumerate(plans) for e in plan]
+        todo = [(qi, e) for qi, e in pairs if not (e == BASE_EXPERT and base is not None)]
+        out: dict[tuple[int, str], np.ndarray] = {}
+        if todo:
+            encoded = await self._encode([queries[qi] for qi, _ in todo], [e for _, e in todo])
+            out.update(zip(todo, encoded, strict=True))
+        if base is not None:
+            out.update({(qi, e): base[qi] for qi, e in pairs if e == BASE_EXPERT})
+        return out
+
+    async def _search_plans(
+        self,
+        plans: list[list[str]],
+        vectors: dict[tuple[int, str], np.ndarray],
+        options: SearchOptions,
+    ) -> list[list[RankedHit]]:
+        # Group every (query, expert) vector by the index it must search, then one batched
+        # FAISS call per index.
+        jobs: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for (qi, expert) in vectors:
+            for index in self._targets(expert, options):
+                jobs[index].append((qi, expert))
+        per_index = await asyncio.gather(
+            *(self._search_index(name, keys, vectors, options) for name, keys in jobs.items())
+        )
+        lists: dict[tuple[int, str], list[Hit]] = defaultdict(list)
+        for result in per_index:
+            for key, hits in result.items():
+                lists[key].extend(hits)
+        return [
+            self._fuse([(e, lists[(qi, e)]) for e in plan], options.k)
+            for qi, plan in enumerate(plans)
+        ]
+
+    def _targets(self, expert: str, options: SearchOptions) -> list[str]:
+        if options.index is not None:
+            return [options.index]
+        if expert == BASE_EXPERT:
+            return self.ctx.indexes.names()  # fallback: every index, merged by score
+        return [expert]
+
+    async def _search_index(
+        self,
+        name: str,
+        keys: list[tuple[int, str]],
+        vectors: dict[tuple[int, str], np.ndarray],
+        options: SearchOptions,
+    ) -> dict[tuple[int, str], list[Hit]]:
+        try:
+            index = self.ctx.indexes.get(name)
+            matrix = np.stack([vectors[key] for key in keys])
+            hits = await asyncio.to_thread(index.search, matrix, options.k, options.include_text)
+        except NotFound:
+            if name == options.index:
+                raise
+            return {}  # an index dropped mid-request simply contributes nothing
+        return dict(zip(keys, hits, strict=True))
+
+    @staticmethod
+    def _fuse(lists: list[tuple[str, list[Hit]]], k: int) -> list[RankedHit]:
+        """One expert: its hits by score. Several: reciprocal rank fusion of their lists."""
+        if len(lists) == 1:
+            expert, hits = lists[0]
+            hits = sorted(hits, key=lambda h: -h.score)[:k]
+            return [RankedHit(h, h.score, expert) for h in hits]
+        fused: dict[tuple[str, str], float] = defaultdict(float)
+        first_seen: dict[tuple[str, str], RankedHit] = {}
+        for expert, hits in lists:
+            for rank, hit in enumerate(sorted(hits, key=lambda h: -h.score)):
+                key = (hit.index, hit.id)
+                fused[key] += 1.0 / (RRF_K + rank + 1)
+                first_seen.setdefault(key, RankedHit(hit, 0.0, expert))
+        best = sorted(fused, key=lambda key: -fused[key])[:k]
+        return [
+            RankedHit(first_seen[key].hit, fused[key], first_seen[key].expert)
+            for key in best
+        ]

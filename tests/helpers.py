@@ -1,0 +1,83 @@
+"""Test helpers: real LoRA adapters made on the spot, app clients, a live server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@cache
+def make_adapter(seed: int, root: str, targets: tuple[str, ...] = ("query", "value")) -> Path:
+    """A real peft LoRA over the real base model with random (non-identity) weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from app.encoder.base_model import load_base_model
+
+    out = Path(root) / f"adapter-{seed}-{'-'.join(targets)}"
+    if not (out / "adapter_model.safetensors").exists():
+        torch.manual_seed(seed)
+        config = LoraConfig(
+            r=8, lora_alpha=32, target_modules=list(targets), init_lora_weights=False
+        )
+        get_peft_model(load_base_model("cpu"), config).save_pretrained(str(out))
+    return out
+
+
+def adapter_files(path: Path) -> dict[str, tuple[str, bytes, str]]:
+    return {
+        "adapter_config": ("adapter_config.json", (path / "adapter_config.json").read_bytes(), "application/json"),
+        "adapter_model": (
+            "adapter_model.safetensors",
+            (path / "adapter_model.safetensors").read_bytes(),
+            "application/octet-stream",
+        ),
+    }
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def live_server(settings) -> Iterator[str]:
+    """Run the real app under uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    import uvicorn
+
+    from app.api.app import create_app
+
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -1,0 +1,102 @@
+"""The real encoder: MiniLM + peft LoRA adapters, pooled like sentence-transformers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.encoder import BASE, LoraEncoder
+from app.errors import InvalidAdapter
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "what causes aircraft wing flutter at supersonic speed",
+    "python sort a dictionary by value",
+    "is vitamin d linked to lower cancer risk",
+    "x",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder(adapter_a: Path, adapter_b: Path, tmp_path_factory) -> LoraEncoder:
+    dirs = {"alpha": adapter_a, "beta": adapter_b}
+    return LoraEncoder(lambda name: dirs[name], capacity=2)
+
+
+def test_base_matches_sentence_transformers(encoder: LoraEncoder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from app.encoder.base_model import model_path
+
+    reference = SentenceTransformer(str(model_path()), device="cpu").encode(TEXTS)
+    ours = encoder.encode(TEXTS)
+    assert ours.shape == (len(TEXTS), 384)
+    assert np.abs(ours - reference).max() <= 1e-5
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_expert_embedding_differs_from_base_and_equals_peft(
+    encoder: LoraEncoder, adapter_a: Path
+) -> None:
+    import torch
+    from peft import PeftModel
+
+    from app.encoder.base_model import load_base_model, mean_pool
+
+    expert = encoder.encode(TEXTS, ["alpha"] * len(TEXTS))
+    base = encoder.encode(TEXTS)
+    assert np.abs(expert - base).max() > 0.05  # the adapter really changes the vectors
+
+    reference_model = PeftModel.from_pretrained(load_base_model("cpu"), str(adapter_a)).eval()
+    batch = encoder.tokenizer(TEXTS, padding=True, truncation=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = reference_model(**batch).last_hidden_state
+    reference = mean_pool(hidden, batch["attention_mask"]).numpy()
+    assert np.abs(expert - reference).max() <= 1e-5
+
+
+def test_mixed_batch_equals_per_expert_batches(encoder: LoraEncoder) -> None:
+    adapters = ["alpha", BASE, "beta", "alpha"]
+    mixed = encoder.encode(TEXTS, adapters)
+    for name in ("alpha", BASE, "beta"):
+        alone = encoder.encode(TEXTS, [name] * len(TEXTS))
+        rows = [i for i, a in enumerate(adapters) if a == name]
+        assert np.abs(mixed[rows] - alone[rows]).max() <= 1e-5
+
+
+def test_pool_evicts_least_recently_used(adapter_a: Path, adapter_b: Path, tmp_path: Path) -> None:
+    third = tmp_path / "gamma"
+    shutil.copytree(adapter_a, third)
+    dirs = {"alpha": adapter_a, "beta": adapter_b, "gamma": third}
+    pool = LoraEncoder(lambda name: dirs[name], capacity=2)
+    pool.encode(["a"], ["alpha"])
+    pool.encode(["b"], ["beta"])
+    pool.encode(["a"], ["alpha"])  # alpha is now the most recently used
+    pool.encode(["c"], ["gamma"])
+    assert pool.resident() == ["alpha", "gamma"]
+    assert pool.stats.loads == 3 and pool.stats.evictions == 1
+    # A batch needing more experts than the capacity still works, then trims back.
+    out = pool.encode(["a", "b", "c"], ["alpha", "beta", "gamma"])
+    assert out.shape == (3, 384) and len(pool.resident()) == 2
+
+
+def test_adapter_that_does_not_apply_fails_loudly(adapter_a: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    tensors = load_file(adapter_a / "adapter_model.safetensors")
+    renamed = {k.replace("attention.self", "attention.nowhere"): v for k, v in tensors.items()}
+    save_file(renamed, broken / "adapter_model.safetensors")
+    config = json.loads((adapter_a / "adapter_config.json").read_text())
+    config["target_modules"] = ["nowhere_module"]
+    (broken / "adapter_config.json").write_text(json.dumps(config))
+    pool = LoraEncoder(lambda name: broken, capacity=2)
+    with pytest.raises((InvalidAdapter, ValueError)):
+        pool.encode(["text"], ["broken"])
+    assert pool.resident() == []

@@ -1,0 +1,93 @@
+"""Per-expert FAISS index + SQLite document store: upsert, delete, persistence, recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.errors import NotFound
+from app.index import Document, IndexStore
+from app.index.expert_index import INDEX_FILE, SNAPSHOT_META, ExpertIndex
+
+DIM = 8
+
+
+def _vectors(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _docs(n: int) -> list[Document]:
+    return [Document(f"d{i}", f"text {i}", f"title {i}", {"n": i}) for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_upsert_search_replace_delete(tmp_path: Path, kind: str) -> None:
+    index = ExpertIndex("sci", tmp_path / "sci", DIM, kind)
+    vectors = _vectors(20)
+    assert index.upsert(_docs(20), vectors) == (20, 0)
+    [hits] = index.search(vectors[[3]], k=5)
+    assert hits[0].id == "d3" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert hits[0].title == "title 3" and hits[0].metadata == {"n": 3} and hits[0].index == "sci"
+
+    # Same id replaces: the old vector no longer matches, the new one does.
+    assert index.upsert([Document("d3", "new text")], vectors[[7]]) == (0, 1)
+    assert len(index) == 20
+    [hits] = index.search(vectors[[7]], k=2)
+    assert {h.id for h in hits} == {"d3", "d7"}
+    assert index.get("d3").text == "new text"
+
+    assert index.delete("d7") and not index.delete("d7")
+    [hits] = index.search(vectors[[7]], k=20)
+    assert "d7" not in {h.id for h in hits} and len(index) == 19
+
+
+def test_reopen_restores_documents(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path, DIM)
+    store.open("sci").upsert(_docs(5), _vectors(5))
+    store.close()
+    reopened = IndexStore(tmp_path, DIM)
+    assert reopened.open_existing() == ["sci"]
+    assert len(reopened.get("sci")) == 5
+    assert reopened.get("sci").readable()
+
+
+def test_stale_or_corrupt_snapshot_is_rebuilt_from_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "sci"
+    index = ExpertIndex("sci", path, DIM)
+    index.upsert(_docs(4), _vectors(4))
+    stale_snapshot = (path / INDEX_FILE).read_bytes()
+    stale_meta = (path / SNAPSHOT_META).read_text()
+    index.upsert([Document("late", "written just before a crash")], _vectors(1, seed=9))
+    index.close()
+    # A crash after the SQLite commit but before the FAISS snapshot: old snapshot on disk.
+    (path / INDEX_FILE).write_bytes(stale_snapshot)
+    (path / SNAPSHOT_META).write_text(stale_meta)
+    recovered = ExpertIndex("sci", path, DIM)
+    assert len(recovered) == 5 and recovered.search(_vectors(1, seed=9), 1)[0][0].id == "late"
+    recovered.close()
+    (path / INDEX_FILE).write_bytes(b"garbage")
+    assert len(ExpertIndex("sci", path, DIM)) == 5
+
+
+def test_drop_removes_files_and_closed_index_is_not_found(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path, DIM)
+    index = store.open("sci")
+    index.upsert(_docs(2), _vectors(2))
+    store.drop("sci")
+    assert not (tmp_path / "sci").exists() and "sci" not in store
+    with pytest.raises(NotFound):
+        index.search(_vectors(1), 1)
+    with pytest.raises(NotFound):
+        store.get("sci")
+
+
+def test_search_empty_index_and_without_text(tmp_path: Path) -> None:
+    index = ExpertIndex("e", tmp_path / "e", DIM)
+    assert index.search(_vectors(2), 3) == [[], []]
+    index.upsert(_docs(3), _vectors(3))
+    [hits] = index.search(_vectors(3)[[0]], 10, with_text=False)
+    assert len(hits) == 3 and hits[0].text == ""
