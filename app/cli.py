@@ -9,6 +9,11 @@ from app.training.commands import register as register_training
 app = typer.Typer(help="RouterRetriever gateway: serve, train experts, evaluate.", no_args_is_help=True)
 
 
+@app.callback()
+def main() -> None:
+    """RouterRetriever gateway: serve, train experts, evaluate."""
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
