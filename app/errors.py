@@ -31,3 +31,9 @@ class InvalidAdapter(ServiceError):
 
 class Unavailable(ServiceError):
     code = "unavailable"
+
+
+class Overloaded(ServiceError):
+    """The request queue is full; the client should retry after a short pause."""
+
+    code = "overloaded"

@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     max_resident_experts: int = Field(default=16, ge=1)
     max_seq_length: int = Field(default=256, ge=8, le=512)
     encode_batch_size: int = Field(default=64, ge=1)
+    # `auto`: bf16 autocast on CUDA or on CPUs with AMX (measured ~2.7x faster there at
+    # cosine >= 0.99997), else fp32 (bf16 without AMX is slower).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    # Micro-batching: rows per batched forward pass, how long the worker waits for more
+    # work before running a partial batch, and the queue bound past which requests get 429.
+    max_batch: int = Field(default=64, ge=1)
+    max_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
+    max_queue: int = Field(default=2048, ge=1)
+    embedding_cache_size: int = Field(default=10_000, ge=0)
 
     router_aggregation: Literal["mean", "max"] = "mean"
     # Below this cosine similarity to the best expert's pilots the query falls back to the

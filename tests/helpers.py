@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -60,14 +60,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(settings) -> Iterator[str]:
-    """Run the real app under uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+def live_server(settings) -> Iterator[tuple[str, Any]]:
+    """Run the real app under uvicorn on 127.0.0.1 in a thread; yields (base URL, app)."""
     import uvicorn
 
     from app.api.app import create_app
 
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -77,7 +78,7 @@ def live_server(settings) -> Iterator[str]:
             raise RuntimeError("server did not start")
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", app
     finally:
         server.should_exit = True
         thread.join(timeout=30)

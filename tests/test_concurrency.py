@@ -18,7 +18,7 @@ QUERIES = ["python sort dict by value", "wing boundary layer transition", "vitam
 
 
 def test_searches_during_expert_churn_never_fail(settings, adapter_a: Path, adapter_b: Path) -> None:
-    with live_server(settings) as url:
+    with live_server(settings) as (url, _):
         with httpx.Client(base_url=url, timeout=60) as admin:
             register = admin.post(
                 "/admin/experts", headers=AUTH, files=adapter_files(adapter_a),

@@ -11,7 +11,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import Conflict, InvalidAdapter, InvalidInput, NotFound, ServiceError, Unavailable
+from app.errors import (
+    Conflict,
+    InvalidAdapter,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    ServiceError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +29,10 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     NotFound: 404,
     Conflict: 409,
     Unavailable: 503,
+    Overloaded: 429,
 }
+# Back-pressure, not a timeout: tell clients when to come back.
+RETRY_AFTER_S = "1"
 
 
 class ErrorBody(BaseModel):
@@ -53,6 +64,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         404: "unknown expert, index or document",
         409: "expert already exists",
         413: "request body too large",
+        429: "queue full: retry after the Retry-After header's seconds",
         422: "invalid request, name or adapter",
         503: "admin disabled or service unavailable",
     }.items()
@@ -72,7 +84,8 @@ def _describe(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(STATUS_BY_ERROR.get(type(exc), 500), exc.code, exc.message)
+        headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Overloaded) else None
+        return error_response(STATUS_BY_ERROR.get(type(exc), 500), exc.code, exc.message, headers)
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:

@@ -37,6 +37,21 @@ def pick_device(setting: str) -> str:
     return setting
 
 
+def cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return "amx_bf16" in handle.read()
+    except OSError:
+        return False
+
+
+def pick_precision(setting: str, device: str) -> str:
+    """`auto`: bf16 where the hardware runs it fast (CUDA, CPUs with AMX), else fp32."""
+    if setting != "auto":
+        return setting
+    return "bf16" if device == "cuda" or cpu_has_amx() else "fp32"
+
+
 def load_tokenizer() -> Any:
     from transformers import AutoTokenizer
 

@@ -53,6 +53,7 @@ class LoraEncoder:
         device: str = "cpu",
         max_seq_length: int = 256,
         batch_size: int = 64,
+        precision: str = "fp32",
     ) -> None:
         import torch
         from peft import LoraConfig, get_peft_model
@@ -62,6 +63,7 @@ class LoraEncoder:
         self.capacity = capacity
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
+        self.precision = precision
         self._locate = locate_adapter
         self.tokenizer = load_tokenizer()
         base = load_base_model(device)
@@ -166,6 +168,11 @@ class LoraEncoder:
             },
             return_tensors="pt",
         ).to(self.device)
-        with torch.inference_mode():
+        autocast = torch.autocast(
+            device_type="cuda" if self.device.startswith("cuda") else "cpu",
+            dtype=torch.bfloat16,
+            enabled=self.precision == "bf16",
+        )
+        with torch.inference_mode(), autocast:
             hidden = self.model(**batch, adapter_names=adapters).last_hidden_state
             return mean_pool(hidden, batch["attention_mask"]).cpu().numpy()

@@ -8,11 +8,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from app.encoder.documents import document_text
+from app.encoder import BASE
 from app.errors import Conflict, InvalidAdapter, InvalidInput, NotFound
 from app.experts.artifacts import Expert
 from app.experts.names import RESERVED, check_name
 from app.experts.validation import normalize_pilots, parse_pilots, validate_adapter
 from app.index import Document
+from app.service.batched_work import EncodeJob
 from app.service.context import ServiceContext
 
 # Documents are embedded in slices so searches interleave with a large upload.
@@ -32,12 +34,13 @@ class AdminService:
         return name
 
     async def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        encoder, worker = self.ctx.encoder, self.ctx.worker
-        parts = [
-            await worker.run(encoder.encode, list(texts[i : i + EMBED_SLICE]), None)
-            for i in range(0, len(texts), EMBED_SLICE)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
+        """Base-encoder embeddings, in slices queued behind (and between) search traffic."""
+        parts = []
+        for start in range(0, len(texts), EMBED_SLICE):
+            chunk = list(texts[start : start + EMBED_SLICE])
+            job = EncodeJob(chunk, [BASE] * len(chunk))
+            parts.append(await self.ctx.encoder_batcher.submit(job, size=len(chunk)))
+        return np.concatenate(parts) if parts else np.zeros((0, self.ctx.encoder.dim), np.float32)
 
     # -- experts -------------------------------------------------------------------------
 
@@ -65,7 +68,7 @@ class AdminService:
         )
         try:
             # Load it now: a failure surfaces here, not as base vectors under its name.
-            await self.ctx.worker.run(self.ctx.encoder.ensure_resident, [name])
+            await self.ctx.encoder_batcher.call(self.ctx.encoder.ensure_resident, [name])
         except InvalidAdapter:
             await asyncio.to_thread(self.ctx.registry.remove, name)
             raise
@@ -82,7 +85,7 @@ class AdminService:
             raise InvalidInput(f"pilot_queries needs 1..{MAX_PILOT_QUERIES} example queries")
         if any(not isinstance(q, str) or not q.strip() for q in queries):
             raise InvalidInput("pilot_queries must be non-empty strings")
-        embedded = await self.ctx.worker.run(self.ctx.encoder.encode, list(queries), None)
+        embedded = await self.embed_documents(list(queries))  # base space, like documents
         # Without relevance labels the paper's per-query expert labelling is impossible:
         # the expert's pilot is the plain centroid of its example queries.
         return normalize_pilots(embedded.mean(axis=0), self.ctx.encoder.dim)
@@ -91,7 +94,8 @@ class AdminService:
         """Stop routing to it, let in-flight requests finish, then drop adapter and index."""
         self._require_expert(name)
         await asyncio.to_thread(self.ctx.registry.remove, name)
-        await self.ctx.worker.run(self.ctx.encoder.unload, name)
+        await self.ctx.encoder_batcher.call(self.ctx.encoder.unload, name)
+        self.ctx.cache.drop_expert(name)
         await asyncio.to_thread(self.ctx.indexes.drop, name)
 
     # -- documents -----------------------------------------------------------------------

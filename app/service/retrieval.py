@@ -19,6 +19,7 @@ from app.errors import InvalidInput, NotFound
 from app.experts.names import AUTO, BASE_EXPERT, check_name
 from app.index import Hit
 from app.routing import RoutingDecision
+from app.service.batched_work import EncodeJob, SearchJob
 from app.service.context import ServiceContext
 
 RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al., 2009)
@@ -90,9 +91,33 @@ class RetrievalService:
 
     # -- encoding ------------------------------------------------------------------------
 
+    def _version(self, expert: str) -> str:
+        if expert == BASE_EXPERT:
+            return BASE_EXPERT
+        return f"{expert}@{self.ctx.registry.get(expert).spec.adapter_sha256}"
+
     async def _encode(self, texts: Sequence[str], experts: Sequence[str]) -> np.ndarray:
-        adapters = [BASE if e == BASE_EXPERT else e for e in experts]
-        return await self.ctx.worker.run(self.ctx.encoder.encode, list(texts), adapters)
+        """Cached vectors where we have them; the rest in one batched forward pass."""
+        cache = self.ctx.cache
+        versions = [self._version(e) for e in experts]
+        out = np.empty((len(texts), self.ctx.encoder.dim), dtype=np.float32)
+        missing = []
+        for i, (text, version) in enumerate(zip(texts, versions, strict=True)):
+            cached = cache.get(text, version)
+            if cached is None:
+                missing.append(i)
+            else:
+                out[i] = cached
+        if missing:
+            job = EncodeJob(
+                [texts[i] for i in missing],
+                [BASE if experts[i] == BASE_EXPERT else experts[i] for i in missing],
+            )
+            encoded = await self.ctx.encoder_batcher.submit(job, size=len(missing))
+            for row, i in zip(encoded, missing, strict=True):
+                out[i] = row
+                cache.put(texts[i], versions[i], row)
+        return out
 
     async def route(self, queries: Sequence[str]) -> list[RoutingDecision]:
         self.check_queries(queries)
@@ -212,9 +237,9 @@ class RetrievalService:
         options: SearchOptions,
     ) -> dict[tuple[int, str], list[Hit]]:
         try:
-            index = self.ctx.indexes.get(name)
-            matrix = np.stack([vectors[key] for key in keys])
-            hits = await asyncio.to_thread(index.search, matrix, options.k, options.include_text)
+            self.ctx.indexes.get(name)
+            job = SearchJob(name, np.stack([vectors[key] for key in keys]), options.k, options.include_text)
+            hits = await self.ctx.search_batcher.submit(job, size=len(keys))
         except NotFound:
             if name == options.index:
                 raise

@@ -1,0 +1,57 @@
+"""What the batchers run: one mixed-adapter forward pass, and one FAISS call per index."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.encoder import LoraEncoder
+from app.index import Hit, IndexStore
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    texts: list[str]
+    adapters: list[str]  # one per text; BASE for the plain model
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    index: str
+    vectors: np.ndarray  # (n, dim)
+    k: int
+    with_text: bool
+
+
+def encode_batch(encoder: LoraEncoder):
+    def run(jobs: Sequence[EncodeJob]) -> list[np.ndarray]:
+        texts = [t for job in jobs for t in job.texts]
+        adapters = [a for job in jobs for a in job.adapters]
+        vectors = encoder.encode(texts, adapters)
+        bounds = np.cumsum([0] + [len(job.texts) for job in jobs])
+        return [vectors[bounds[i] : bounds[i + 1]] for i in range(len(jobs))]
+
+    return run
+
+
+def search_batch(indexes: IndexStore):
+    def run(jobs: Sequence[SearchJob]) -> list[list[list[Hit]]]:
+        groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            groups[(job.index, job.with_text)].append(i)
+        results: list[list[list[Hit]]] = [[] for _ in jobs]
+        for (name, with_text), members in groups.items():
+            index = indexes.get(name)
+            k = max(jobs[i].k for i in members)
+            hits = index.search(np.concatenate([jobs[i].vectors for i in members]), k, with_text)
+            start = 0
+            for i in members:
+                n = len(jobs[i].vectors)
+                results[i] = [row[: jobs[i].k] for row in hits[start : start + n]]
+                start += n
+        return results
+
+    return run

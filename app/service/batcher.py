@@ -1,0 +1,179 @@
+"""Micro-batching: concurrent requests' work coalesced into batches on one thread.
+
+HTTP handlers `await submit(payload)`; a dedicated worker thread takes everything queued
+(up to `max_batch` rows, waiting at most `max_wait_ms` for more), runs one batched call,
+and resolves each caller's future. The event loop never runs model or index code.
+
+- Bounded: past `max_pending` queued rows, `submit` raises Overloaded (HTTP 429).
+- A caller that went away (cancelled future) is skipped, never resolved, and does not
+  affect the rest of its batch; a batch that fails is retried job by job, so one bad job
+  fails alone.
+- `call(fn)` runs `fn` alone on the worker thread, ordered with the batches (adapter loads
+  and unloads must not interleave with a forward pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import Overloaded
+
+
+@dataclass
+class _Job:
+    payload: Any
+    size: int
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    exclusive: Callable[[], Any] | None = None
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    jobs: int = 0
+    rows: int = 0
+    rejected: int = 0
+    largest_batch: int = 0
+    busy_s: float = 0.0
+    history: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+
+def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():  # cancelled by a client that went away
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        name: str,
+        process: Callable[[Sequence[Any]], Sequence[Any]],
+        max_batch: int = 64,
+        max_wait_ms: float = 0.0,
+        max_pending: int = 4096,
+    ) -> None:
+        self.name = name
+        self._process = process
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000
+        self.max_pending = max_pending
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._pending_rows = 0
+        self._closed = False
+        self.stats = BatcherStats()
+        self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Rows queued and not yet taken into a batch."""
+        return self._pending_rows
+
+    async def submit(self, payload: Any, size: int = 1) -> Any:
+        return await self._enqueue(payload, size, None)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self._enqueue(None, 0, lambda: fn(*args))
+
+    async def _enqueue(self, payload: Any, size: int, exclusive: Callable[[], Any] | None) -> Any:
+        loop = asyncio.get_running_loop()
+        job = _Job(payload, size, loop.create_future(), loop, exclusive)
+        with self._cond:
+            if self._closed:
+                raise Overloaded(f"{self.name} is shutting down")
+            if exclusive is None and self._pending_rows + size > self.max_pending and self._pending_rows:
+                self.stats.rejected += 1
+                raise Overloaded(f"{self.name} queue is full ({self._pending_rows} rows waiting)")
+            self._pending_rows += size
+            self._queue.append(job)
+            self._cond.notify()
+        return await job.future
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    # -- worker thread -------------------------------------------------------------------
+
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            first = self._queue.popleft()
+            self._pending_rows -= first.size
+            if first.exclusive is not None:
+                return [first]
+            batch, rows = [first], first.size
+            deadline = time.monotonic() + self.max_wait_s
+            while rows < self.max_batch:
+                while not self._queue and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if not self._queue:
+                    break
+                nxt = self._queue[0]
+                if nxt.exclusive is not None or rows + nxt.size > self.max_batch:
+                    break
+                self._queue.popleft()
+                self._pending_rows -= nxt.size
+                batch.append(nxt)
+                rows += nxt.size
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            live = [job for job in batch if not job.future.cancelled()]
+            if not live:
+                continue
+            started = time.perf_counter()
+            if live[0].exclusive is not None:
+                self._finish(live[0], live[0].exclusive)
+            else:
+                self._run_batch(live)
+            elapsed = time.perf_counter() - started
+            rows = sum(job.size for job in live)
+            self.stats.batches += 1
+            self.stats.jobs += len(live)
+            self.stats.rows += rows
+            self.stats.busy_s += elapsed
+            self.stats.largest_batch = max(self.stats.largest_batch, rows)
+            self.stats.history.append((len(live), rows))
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        try:
+            results = self._process([job.payload for job in jobs])
+        except BaseException as exc:
+            if len(jobs) == 1:
+                jobs[0].loop.call_soon_threadsafe(_resolve, jobs[0].future, None, exc)
+                return
+            for job in jobs:  # isolate the failing job(s)
+                self._finish(job, lambda job=job: self._process([job.payload])[0])
+            return
+        for job, result in zip(jobs, results, strict=True):
+            job.loop.call_soon_threadsafe(_resolve, job.future, result, None)
+
+    @staticmethod
+    def _finish(job: _Job, fn: Callable[[], Any]) -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # handed to the caller, who maps it to a status
+            result, error = None, exc
+        job.loop.call_soon_threadsafe(_resolve, job.future, result, error)

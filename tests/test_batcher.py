@@ -1,0 +1,120 @@
+"""MicroBatcher behaviour with plain functions: coalescing, back-pressure, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from app.errors import Overloaded
+from app.service.batcher import MicroBatcher
+
+
+def _doubler(calls: list[list[int]]):
+    def run(payloads):
+        calls.append(list(payloads))
+        return [p * 2 for p in payloads]
+
+    return run
+
+
+def test_concurrent_submissions_share_batches() -> None:
+    calls: list[list[int]] = []
+    gate = threading.Event()
+    batcher = MicroBatcher("t", _doubler(calls), max_batch=8)
+
+    async def main() -> list[int]:
+        blocker = asyncio.ensure_future(batcher.call(gate.wait, 5))
+        await asyncio.sleep(0.05)  # the worker is now busy: the next submissions queue up
+        waiting = [asyncio.ensure_future(batcher.submit(i)) for i in range(5)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        return await asyncio.gather(*waiting)
+
+    assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+    assert calls == [[0, 1, 2, 3, 4]]  # one batch for all five
+    batcher.close()
+
+
+def test_max_batch_splits_rows() -> None:
+    calls: list[list[int]] = []
+    gate = threading.Event()
+    batcher = MicroBatcher("t", _doubler(calls), max_batch=2)
+
+    async def main() -> None:
+        blocker = asyncio.ensure_future(batcher.call(gate.wait, 5))
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.ensure_future(batcher.submit(i)) for i in range(5)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        await asyncio.gather(*waiting)
+
+    asyncio.run(main())
+    assert calls == [[0, 1], [2, 3], [4]]
+    batcher.close()
+
+
+def test_full_queue_is_overloaded_not_a_backlog() -> None:
+    gate = threading.Event()
+    batcher = MicroBatcher("t", _doubler([]), max_batch=4, max_pending=3)
+
+    async def main() -> None:
+        blocker = asyncio.ensure_future(batcher.call(gate.wait, 5))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded):
+            await batcher.submit(99)
+        assert batcher.stats.rejected == 1
+        gate.set()
+        await blocker
+        assert await asyncio.gather(*queued) == [0, 2, 4]
+
+    asyncio.run(main())
+    batcher.close()
+
+
+def test_cancelled_caller_does_not_poison_the_batch() -> None:
+    calls: list[list[int]] = []
+    gate = threading.Event()
+    batcher = MicroBatcher("t", _doubler(calls), max_batch=8)
+
+    async def main() -> list[int]:
+        blocker = asyncio.ensure_future(batcher.call(gate.wait, 5))
+        await asyncio.sleep(0.05)
+        jobs = [asyncio.ensure_future(batcher.submit(i)) for i in range(4)]
+        await asyncio.sleep(0.01)
+        jobs[1].cancel()  # the client went away while queued
+        gate.set()
+        await blocker
+        return [await job for i, job in enumerate(jobs) if i != 1]
+
+    assert asyncio.run(main()) == [0, 4, 6]
+    assert calls == [[0, 2, 3]]  # the cancelled job was never computed
+    batcher.close()
+
+
+def test_a_failing_job_fails_alone() -> None:
+    def run(payloads):
+        if "bad" in payloads:
+            raise ValueError("bad payload")
+        return [p.upper() for p in payloads]
+
+    gate = threading.Event()
+    batcher = MicroBatcher("t", run, max_batch=8)
+
+    async def main():
+        blocker = asyncio.ensure_future(batcher.call(gate.wait, 5))
+        await asyncio.sleep(0.05)
+        jobs = [asyncio.ensure_future(batcher.submit(p)) for p in ("a", "bad", "c")]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await blocker
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    a, bad, c = asyncio.run(main())
+    assert (a, c) == ("A", "C") and isinstance(bad, ValueError)
+    batcher.close()
