@@ -24,8 +24,12 @@ def serve(
     import uvicorn
 
     from app.api.app import create_app
+    from app.logs import configure_logging
 
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+    configure_logging(log_level)
+    uvicorn.run(
+        create_app(), host=host, port=port, log_level=log_level, log_config=None, access_log=False
+    )
 
 
 register_training(app)

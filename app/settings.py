@@ -54,5 +54,8 @@ class Settings(BaseSettings):
     max_k: int = Field(default=1000, ge=1)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
-    redis_url: str | None = None  # reserved: shared state across gateways (later work)
+    # Shared state across gateways (registry, change log, cache). Unset: embedded, one machine.
+    redis_url: str | None = None
+    redis_timeout_s: float = Field(default=1.0, gt=0)
+    redis_cache_ttl_s: int = Field(default=86_400, ge=1)
 

@@ -150,3 +150,17 @@ def test_register_with_npy_pilots(client: TestClient, adapter_a: Path) -> None:
     response = client.post("/admin/experts", headers=AUTH, data={"name": "npy-pilots"}, files=files)
     assert response.status_code == 201 and response.json()["pilot_count"] == 3
     assert response.json()["resident"] is True
+
+
+def test_metrics_and_request_ids(client: TestClient, adapter_a: Path, adapter_b: Path) -> None:
+    populate(client, adapter_a, adapter_b)
+    response = client.post("/v1/search", json={"query": "python sort dict by value"}, headers={"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    client.post("/v1/search", json={"query": "python sort dict by value"})  # cached embedding
+    text = client.get("/metrics").text
+    assert 'rr_routing_decisions_total{expert="code"} 2.0' in text
+    assert 'rr_search_queries_total{expert="code"} 2.0' in text
+    assert 'rr_http_requests_total{method="POST",route="/v1/search",status="200"} 2.0' in text
+    assert 'rr_index_documents{index="aero"} 2.0' in text
+    assert "rr_adapter_loads_total 2.0" in text
+    assert 'rr_cache_hits_total{level="local"}' in text and "rr_queue_depth" in text

@@ -11,8 +11,10 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.errors import install_error_handlers
+from app.api.metrics import Metrics, RequestMetrics
 from app.api.middleware import BodySizeLimit, RequestId
 from app.api.routes import admin, experts, health, search
+from app.replication.setup import start_replication
 from app.service.admin import AdminService
 from app.service.context import ServiceContext
 from app.service.retrieval import RetrievalService
@@ -27,12 +29,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = await asyncio.to_thread(ServiceContext.start, settings)
+        replication = await start_replication(ctx)
+        app.state.replication = replication
+        app.state.retrieval = RetrievalService(ctx, replication.shared_cache)
+        app.state.admin = AdminService(ctx, replication.sink, replication.replicated)
         app.state.ctx = ctx
-        app.state.retrieval = RetrievalService(ctx)
-        app.state.admin = AdminService(ctx)
         try:
             yield
         finally:
+            await replication.stop()
             ctx.close()
 
     app = FastAPI(
@@ -42,8 +47,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    metrics = Metrics()
+    metrics.watch(app.state)
+    app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(RequestId)
     for module in (search, experts, admin, health):
         app.include_router(module.router)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 import uuid
+
+from app.logs import request_id as current_request_id
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -56,8 +60,12 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+access_log = logging.getLogger("rr.access")
+
+
 class RequestId:
-    """Take the caller's X-Request-ID (or make one), expose it on request.state and echo it."""
+    """Take the caller's X-Request-ID (or make one), expose it to handlers and logs, echo it,
+    and write one access-log line per request."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -69,10 +77,21 @@ class RequestId:
         given = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
         request_id = given[:64] if given else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        token = current_request_id.set(request_id)
+        started, status = time.perf_counter(), 500
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            access_log.info(
+                "%s %s %s", scope["method"], scope["path"], status,
+                extra={"status": status, "ms": round((time.perf_counter() - started) * 1000, 2)},
+            )
+            current_request_id.reset(token)

@@ -106,6 +106,8 @@ class ExpertRegistry:
         adapter_model: bytes,
         pilots: np.ndarray,
         description: str = "",
+        fallback_threshold: float | None = None,
+        extra: dict | None = None,
     ) -> Expert:
         check_name(name)
         with self._lock:
@@ -114,7 +116,14 @@ class ExpertRegistry:
             self._pending_removal.add(name)  # reserve the name while files are written
         try:
             expert = write_expert(
-                self.experts_dir, name, adapter_config, adapter_model, pilots, description
+                self.experts_dir,
+                name,
+                adapter_config,
+                adapter_model,
+                pilots,
+                description,
+                fallback_threshold,
+                extra,
             )
         except FileExistsError:
             raise Conflict(f"expert {name!r} already exists") from None

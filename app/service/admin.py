@@ -1,4 +1,9 @@
-"""Operator use cases: register and delete experts, upsert and delete documents."""
+"""Operator use cases: register and delete experts, upsert and delete documents.
+
+Each use case validates, prepares a Change (embedding documents here, once), and hands it to
+the change sink: applied at once on a lone gateway, or recorded in the Redis change log and
+applied by every gateway.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.encoder.documents import document_text
 from app.encoder import BASE
-from app.errors import Conflict, InvalidAdapter, InvalidInput, NotFound
+from app.encoder.documents import document_text
+from app.errors import Conflict, InvalidInput, NotFound
 from app.experts.artifacts import Expert
 from app.experts.names import RESERVED, check_name
 from app.experts.validation import normalize_pilots, parse_pilots, validate_adapter
 from app.index import Document
+from app.replication.changes import DocumentDeleted, DocumentsUpserted, ExpertAdded, ExpertRemoved
+from app.replication.sinks import ChangeSink
 from app.service.batched_work import EncodeJob
 from app.service.context import ServiceContext
 
@@ -24,12 +31,15 @@ MAX_PILOT_QUERIES = 10_000
 
 
 class AdminService:
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, sink: ChangeSink, replicated: bool = False) -> None:
         self.ctx = ctx
+        self.sink = sink
+        # Replicated: Redis decides existence atomically; local state may lag a moment.
+        self.replicated = replicated
 
     def _require_expert(self, name: str) -> str:
         check_name(name)
-        if name not in self.ctx.registry:
+        if not self.replicated and name not in self.ctx.registry:
             raise NotFound(f"expert {name!r} not found")
         return name
 
@@ -53,27 +63,18 @@ class AdminService:
         pilot_queries: Sequence[str] | None = None,
         description: str = "",
     ) -> Expert:
-        """Validate everything first; only then write the expert and start serving it."""
+        """Validate everything first; only then record the expert and start serving it."""
         check_name(name)
         if name in RESERVED:
             raise InvalidInput(f"{name!r} is reserved")
-        if name in self.ctx.registry:
+        if not self.replicated and name in self.ctx.registry:
             raise Conflict(f"expert {name!r} already exists")
         await asyncio.to_thread(
             validate_adapter, adapter_config, adapter_model, self.ctx.encoder.module_shapes
         )
         pilots = await self._pilots(pilots_npy, pilot_queries)
-        expert = await asyncio.to_thread(
-            self.ctx.registry.add, name, adapter_config, adapter_model, pilots, description
-        )
-        try:
-            # Load it now: a failure surfaces here, not as base vectors under its name.
-            await self.ctx.encoder_batcher.call(self.ctx.encoder.ensure_resident, [name])
-        except InvalidAdapter:
-            await asyncio.to_thread(self.ctx.registry.remove, name)
-            raise
-        await asyncio.to_thread(self.ctx.indexes.open, name)
-        return expert
+        change = ExpertAdded(name, adapter_config, adapter_model, pilots, description)
+        return await self.sink.submit(change)
 
     async def _pilots(self, npy: bytes | None, queries: Sequence[str] | None) -> np.ndarray:
         if (npy is None) == (queries is None):
@@ -92,11 +93,7 @@ class AdminService:
 
     async def delete_expert(self, name: str) -> None:
         """Stop routing to it, let in-flight requests finish, then drop adapter and index."""
-        self._require_expert(name)
-        await asyncio.to_thread(self.ctx.registry.remove, name)
-        await self.ctx.encoder_batcher.call(self.ctx.encoder.unload, name)
-        self.ctx.cache.drop_expert(name)
-        await asyncio.to_thread(self.ctx.indexes.drop, name)
+        await self.sink.submit(ExpertRemoved(self._require_expert(name)))
 
     # -- documents -----------------------------------------------------------------------
 
@@ -107,12 +104,10 @@ class AdminService:
         if len(documents) > MAX_DOCUMENTS_PER_REQUEST:
             raise InvalidInput(f"at most {MAX_DOCUMENTS_PER_REQUEST} documents per request")
         vectors = await self.embed_documents([document_text(d.title, d.text) for d in documents])
-        index = self.ctx.indexes.open(name)
-        return await asyncio.to_thread(index.upsert, documents, vectors)
+        return await self.sink.submit(DocumentsUpserted(name, list(documents), vectors))
 
     async def delete_document(self, name: str, doc_id: str) -> None:
         self._require_expert(name)
-        deleted = await asyncio.to_thread(self.ctx.indexes.get(name).delete, doc_id)
-        if not deleted:
+        if name not in self.ctx.indexes or self.ctx.indexes.get(name).get(doc_id) is None:
             raise NotFound(f"document {doc_id!r} not found in {name!r}")
-
+        await self.sink.submit(DocumentDeleted(name, doc_id))

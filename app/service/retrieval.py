@@ -19,6 +19,7 @@ from app.errors import InvalidInput, NotFound
 from app.experts.names import AUTO, BASE_EXPERT, check_name
 from app.index import Hit
 from app.routing import RoutingDecision
+from app.replication.shared_cache import SharedEmbeddingCache
 from app.service.batched_work import EncodeJob, SearchJob
 from app.service.context import ServiceContext
 
@@ -59,9 +60,10 @@ def _ms(since: float) -> float:
 
 
 class RetrievalService:
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, shared_cache: SharedEmbeddingCache | None = None):
         self.ctx = ctx
         self.settings = ctx.settings
+        self.shared_cache = shared_cache
 
     # -- validation ----------------------------------------------------------------------
 
@@ -108,6 +110,13 @@ class RetrievalService:
                 missing.append(i)
             else:
                 out[i] = cached
+        if missing and self.shared_cache is not None:
+            found = await self.shared_cache.get_many([(texts[i], versions[i]) for i in missing])
+            for i, vector in zip(missing, found, strict=True):
+                if vector is not None:
+                    out[i] = vector
+                    cache.put(texts[i], versions[i], vector)
+            missing = [i for i, vector in zip(missing, found, strict=True) if vector is None]
         if missing:
             job = EncodeJob(
                 [texts[i] for i in missing],
@@ -117,6 +126,10 @@ class RetrievalService:
             for row, i in zip(encoded, missing, strict=True):
                 out[i] = row
                 cache.put(texts[i], versions[i], row)
+            if self.shared_cache is not None:
+                await self.shared_cache.put_many(
+                    [(texts[i], versions[i], out[i]) for i in missing]
+                )
         return out
 
     async def route(self, queries: Sequence[str]) -> list[RoutingDecision]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 router = APIRouter(tags=["health"])
 
@@ -16,13 +17,26 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when the encoder is loaded and every expert's index is readable."""
+    """Ready when the encoder is loaded, every expert's index is readable and (with Redis)
+    the change log is caught up."""
     ctx = getattr(request.app.state, "ctx", None)
     if ctx is None:
         return JSONResponse({"status": "starting"}, status_code=503)
     unreadable = [n for n in ctx.indexes.names() if not ctx.indexes.get(n).readable()]
     missing = [n for n in ctx.registry.names() if n not in ctx.indexes]
-    if unreadable or missing:
-        detail = {"status": "degraded", "unreadable": unreadable, "missing": missing}
+    caught_up = request.app.state.replication.ready
+    if unreadable or missing or not caught_up:
+        detail = {
+            "status": "degraded" if caught_up else "catching_up",
+            "unreadable": unreadable,
+            "missing": missing,
+        }
         return JSONResponse(detail, status_code=503)
     return JSONResponse({"status": "ready", "experts": len(ctx.registry.names())})
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: requests, latency, routing, adapters, queues, cache, replication."""
+    body = generate_latest(request.app.state.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

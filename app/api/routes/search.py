@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from app.api.deps import RetrievalDep
 from app.api.errors import ERROR_RESPONSES
@@ -26,6 +27,12 @@ from app.routing import RoutingDecision
 from app.service.retrieval import SearchOptions, SearchResult
 
 router = APIRouter(prefix="/v1", tags=["search"], responses=ERROR_RESPONSES)
+
+
+def _observe(request: Request, results: list[SearchResult], started: float) -> None:
+    metrics = request.app.state.metrics
+    metrics.observe_routing(r.routing for r in results)
+    metrics.observe_search(results, time.perf_counter() - started)
 
 
 def _options(body: SearchOptionsIn) -> SearchOptions:
@@ -53,7 +60,7 @@ def _response(result: SearchResult, include_text: bool) -> SearchResponse:
 
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
-async def search(body: SearchRequest, service: RetrievalDep) -> SearchResponse:
+async def search(body: SearchRequest, service: RetrievalDep, request: Request) -> SearchResponse:
     """Route the query to an expert, embed it with that expert, search, return ranked hits.
 
     `expert`: "auto" routes; "base" or a name forces the encoder. `index` pins the collection
@@ -61,21 +68,28 @@ async def search(body: SearchRequest, service: RetrievalDep) -> SearchResponse:
     reciprocal rank (score = sum of 1/(60 + rank)). On fallback (no expert close enough) the
     base encoder searches every index and hits are merged by cosine score.
     """
+    started = time.perf_counter()
     [result] = await service.search([body.query], _options(body))
+    _observe(request, [result], started)
     return _response(result, body.include_text)
 
 
 @router.post("/search/batch", response_model=list[SearchResponse], response_model_exclude_none=True)
-async def search_batch(body: BatchSearchRequest, service: RetrievalDep) -> list[SearchResponse]:
+async def search_batch(
+    body: BatchSearchRequest, service: RetrievalDep, request: Request
+) -> list[SearchResponse]:
     """Several queries, same options; one routing pass and one expert pass for all of them."""
+    started = time.perf_counter()
     results = await service.search(body.queries, _options(body))
+    _observe(request, results, started)
     return [_response(r, body.include_text) for r in results]
 
 
 @router.post("/route", response_model=RoutingOut)
-async def route(body: RouteRequest, service: RetrievalDep) -> RoutingOut:
+async def route(body: RouteRequest, service: RetrievalDep, request: Request) -> RoutingOut:
     """The routing decision alone: chosen expert, every expert's score, fallback flag."""
     [decision] = await service.route([body.query])
+    request.app.state.metrics.observe_routing([decision])
     return _routing(decision)
 
 

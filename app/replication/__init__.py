@@ -1,0 +1,1 @@
+"""Changes to experts and documents, applied locally or replicated through Redis."""

@@ -1,0 +1,73 @@
+"""Applies a change to this gateway's local state. Idempotent, so replaying the change log
+after a crash (or applying a change this gateway already has) is always safe."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from app.errors import InvalidAdapter
+from app.replication.changes import (
+    Change,
+    DocumentDeleted,
+    DocumentsUpserted,
+    ExpertAdded,
+    ExpertRemoved,
+)
+from app.service.context import ServiceContext
+
+
+class ChangeApplier:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+
+    async def apply(self, change: Change) -> Any:
+        if isinstance(change, ExpertAdded):
+            return await self._add_expert(change)
+        if isinstance(change, ExpertRemoved):
+            return await self._remove_expert(change.name)
+        if isinstance(change, DocumentsUpserted):
+            if change.name not in self.ctx.registry:
+                return (0, 0)  # removed later in the log
+            index = await asyncio.to_thread(self.ctx.indexes.open, change.name)
+            return await asyncio.to_thread(index.upsert, change.documents, change.embeddings)
+        if isinstance(change, DocumentDeleted):
+            if change.name not in self.ctx.indexes:
+                return False
+            return await asyncio.to_thread(self.ctx.indexes.get(change.name).delete, change.doc_id)
+        raise TypeError(f"not a change: {change!r}")
+
+    async def _add_expert(self, change: ExpertAdded) -> Any:
+        registry = self.ctx.registry
+        if change.name in registry:
+            current = registry.get(change.name)
+            if current.spec.adapter_sha256 == hashlib.sha256(change.adapter_model).hexdigest():
+                return current  # already applied
+            await self._remove_expert(change.name)
+        expert = await asyncio.to_thread(
+            registry.add,
+            change.name,
+            change.adapter_config,
+            change.adapter_model,
+            change.pilots,
+            change.description,
+            change.fallback_threshold,
+            change.extra,
+        )
+        try:
+            # Load it now: a failure surfaces here, not as base vectors under its name.
+            await self.ctx.encoder_batcher.call(self.ctx.encoder.ensure_resident, [change.name])
+        except InvalidAdapter:
+            await asyncio.to_thread(registry.remove, change.name)
+            raise
+        await asyncio.to_thread(self.ctx.indexes.open, change.name)
+        return expert
+
+    async def _remove_expert(self, name: str) -> None:
+        """Stop routing to it, let in-flight requests finish, then drop adapter and index."""
+        if name in self.ctx.registry:
+            await asyncio.to_thread(self.ctx.registry.remove, name)
+        await self.ctx.encoder_batcher.call(self.ctx.encoder.unload, name)
+        self.ctx.cache.drop_expert(name)
+        await asyncio.to_thread(self.ctx.indexes.drop, name)
