@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export RR_DATASETS_DIR ?= ../shared/datasets
 
-.PHONY: install run test test-fast lint experts eval clean
+.PHONY: install redis run test test-fast lint experts eval bench clean
 
 # torch==2.13.0 first: on CPU machines here it is the CPU build on disk; a bare `torch`
 # requirement would otherwise pull a multi-GB CUDA build.
@@ -20,10 +20,16 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The Redis tests start their own redis-server on a free 127.0.0.1 port; this installs it.
+redis:
+	@command -v redis-server >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
+
 run: install
 	$(RR) serve --host $(HOST) --port $(PORT)
 
-test: install
+test: install redis
 	$(PY) -m pytest -q
 
 test-fast: install
