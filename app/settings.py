@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     experts_dir: Path = Path("experts")
     indexes_dir: Path = Path("indexes")
     datasets_dir: Path | None = Field(default_factory=_default_datasets_dir)
+    cache_dir: Path = Path("cache")  # document-embedding cache shared with training
+    # Index the benchmark's expert corpora on first start (experts with empty indexes).
+    index_corpora_on_start: bool = True
     # No default on purpose: admin endpoints answer 503 until an operator sets a token.
     admin_token: SecretStr | None = None
 

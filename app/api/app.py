@@ -14,13 +14,23 @@ from app.api.errors import install_error_handlers
 from app.api.metrics import Metrics, RequestMetrics
 from app.api.middleware import BodySizeLimit, RequestId
 from app.api.routes import admin, experts, health, search
-from app.replication.setup import start_replication
+from app.replication.setup import Replication, start_replication
 from app.service.admin import AdminService
+from app.service.bootstrap import index_expert_corpora
 from app.service.context import ServiceContext
 from app.service.retrieval import RetrievalService
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+async def _bootstrap(admin: AdminService, replication: Replication) -> None:
+    while not replication.ready:  # decide what is missing only after replaying the log
+        await asyncio.sleep(0.2)
+    try:
+        await index_expert_corpora(admin)
+    except Exception:  # the service still serves what it has
+        log.exception("indexing the benchmark corpora failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,9 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.retrieval = RetrievalService(ctx, replication.shared_cache)
         app.state.admin = AdminService(ctx, replication.sink, replication.replicated)
         app.state.ctx = ctx
+        app.state.bootstrap = None
+        if settings.index_corpora_on_start:
+            app.state.bootstrap = asyncio.create_task(_bootstrap(app.state.admin, replication))
         try:
             yield
         finally:
+            if app.state.bootstrap is not None:
+                app.state.bootstrap.cancel()
             await replication.stop()
             ctx.close()
 

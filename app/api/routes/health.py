@@ -25,9 +25,12 @@ async def readyz(request: Request) -> JSONResponse:
     unreadable = [n for n in ctx.indexes.names() if not ctx.indexes.get(n).readable()]
     missing = [n for n in ctx.registry.names() if n not in ctx.indexes]
     caught_up = request.app.state.replication.ready
-    if unreadable or missing or not caught_up:
+    bootstrap = request.app.state.bootstrap
+    indexing = bootstrap is not None and not bootstrap.done()
+    if unreadable or missing or not caught_up or indexing:
+        status = "indexing" if indexing else "degraded" if caught_up else "catching_up"
         detail = {
-            "status": "degraded" if caught_up else "catching_up",
+            "status": status,
             "unreadable": unreadable,
             "missing": missing,
         }
