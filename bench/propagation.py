@@ -1,0 +1,87 @@
+"""Propagation delay between two gateways sharing one Redis.
+
+Starts redis-server and two `rr serve` processes on 127.0.0.1, then repeatedly registers an
+expert through gateway A and measures how long after A's 201 gateway B routes to it; the
+same for a document upserted through A and found through B.
+
+    .venv/bin/python -m bench.propagation [--rounds 20]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import typer
+
+from bench.cluster import TOKEN, Gateway, RedisServer
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _adapter(root: Path) -> dict[str, tuple[str, bytes, str]]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from app.encoder.base_model import load_base_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=["query", "value"], init_lora_weights=False)
+    get_peft_model(load_base_model("cpu"), config).save_pretrained(str(root / "adapter"))
+    return {
+        "adapter_config": ("adapter_config.json", (root / "adapter/adapter_config.json").read_bytes(), "application/json"),
+        "adapter_model": ("adapter_model.safetensors", (root / "adapter/adapter_model.safetensors").read_bytes(), "application/octet-stream"),
+    }
+
+
+def _until(predicate, timeout_s: float = 10.0) -> float:
+    started = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - started > timeout_s:
+            raise RuntimeError("change did not propagate")
+        time.sleep(0.005)
+    return (time.perf_counter() - started) * 1000
+
+
+def main(rounds: int = 20) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        files = _adapter(root)
+        redis = RedisServer(root / "redis")
+        redis.start()
+        a, b = Gateway(root, redis.url, "a"), Gateway(root, redis.url, "b")
+        try:
+            a.start()
+            b.start()
+            with httpx.Client(base_url=a.url, timeout=60) as ca, httpx.Client(base_url=b.url, timeout=60) as cb:
+                cb.post("/v1/route", json={"query": "warm up"})
+                expert_ms, doc_ms = [], []
+                for i in range(rounds):
+                    name, topic = f"e{i}", f"topic number {i} about aircraft wings"
+                    response = ca.post("/admin/experts", headers=AUTH, files=files,
+                                       data={"name": name, "pilot_queries": json.dumps([topic])})
+                    response.raise_for_status()
+                    expert_ms.append(_until(
+                        lambda: cb.post("/v1/route", json={"query": topic}).json()["expert"] == name))
+                    docs = {"documents": [{"id": f"d{i}", "text": topic}]}
+                    ca.put(f"/admin/experts/{name}/documents", headers=AUTH, json=docs).raise_for_status()
+                    doc_ms.append(_until(lambda: any(
+                        h["id"] == f"d{i}" for h in cb.post(
+                            "/v1/search", json={"query": topic, "expert": name, "include_text": False}
+                        ).json()["hits"])))
+        finally:
+            a.stop()
+            b.stop()
+            redis.stop()
+    for label, values in (("expert registered on A -> routed on B", expert_ms),
+                          ("document upserted on A -> found on B", doc_ms)):
+        print(f"{label}: p50 {statistics.median(values):.1f} ms, max {max(values):.1f} ms "
+              f"({len(values)} rounds; includes one B request per poll)")
+
+
+if __name__ == "__main__":
+    typer.run(main)
