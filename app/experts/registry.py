@@ -10,9 +10,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,6 +30,8 @@ from app.experts.artifacts import (
 from app.experts.names import BASE_EXPERT, check_name
 from app.routing import Router
 from app.routing.router import Aggregation
+
+T = TypeVar("T")
 
 
 class ExpertRegistry:
@@ -82,20 +86,26 @@ class ExpertRegistry:
     # -- leases --------------------------------------------------------------------------
 
     @contextmanager
-    def lease(self, names: Iterable[str]) -> Iterator[None]:
-        """Hold experts for the span of a request; NotFound if one is gone already."""
-        wanted = [n for n in set(names) if n != BASE_EXPERT]
+    def routed_lease(self, route: Callable[[Router], tuple[T, Iterable[str]]]) -> Iterator[T]:
+        """Route against the current router and lease the experts it chose, atomically:
+        a concurrent delete can neither slip in between nor pull an expert from under us."""
         with self._lock:
-            for name in wanted:
+            decided, names = route(self.router)
+            wanted = [n for n in set(names) if n != BASE_EXPERT]
+            for name in wanted:  # routed experts always are; a named one may be gone
                 if name not in self._experts:
                     raise NotFound(f"expert {name!r} not found")
             self._leases.update(wanted)
         try:
-            yield
+            yield decided
         finally:
             with self._lock:
                 self._leases.subtract(wanted)
                 self._lock.notify_all()
+
+    def lease(self, names: Iterable[str]) -> AbstractContextManager[None]:
+        """Hold experts for the span of a request; NotFound if one is gone already."""
+        return self.routed_lease(lambda _router: (None, names))
 
     # -- changes -------------------------------------------------------------------------
 

@@ -45,6 +45,8 @@ class ChangeApplier:
             if current.spec.adapter_sha256 == hashlib.sha256(change.adapter_model).hexdigest():
                 return current  # already applied
             await self._remove_expert(change.name)
+        # Index first: the moment the router sees the expert, its index must exist.
+        await asyncio.to_thread(self.ctx.indexes.open, change.name)
         expert = await asyncio.to_thread(
             registry.add,
             change.name,
@@ -59,9 +61,8 @@ class ChangeApplier:
             # Load it now: a failure surfaces here, not as base vectors under its name.
             await self.ctx.encoder_batcher.call(self.ctx.encoder.ensure_resident, [change.name])
         except InvalidAdapter:
-            await asyncio.to_thread(registry.remove, change.name)
+            await self._remove_expert(change.name)
             raise
-        await asyncio.to_thread(self.ctx.indexes.open, change.name)
         return expert
 
     async def _remove_expert(self, name: str) -> None:

@@ -18,7 +18,7 @@ from app.encoder import BASE
 from app.errors import InvalidInput, NotFound
 from app.experts.names import AUTO, BASE_EXPERT, check_name
 from app.index import Hit
-from app.routing import RoutingDecision
+from app.routing import Router, RoutingDecision
 from app.replication.shared_cache import SharedEmbeddingCache
 from app.service.batched_work import EncodeJob, SearchJob
 from app.service.context import ServiceContext
@@ -146,9 +146,13 @@ class RetrievalService:
                 vectors = await self._encode(texts, [model] * len(texts))
             return [Embedding(v, model) for v in vectors]
         base = await self._encode(texts, [BASE_EXPERT] * len(texts))
-        chosen = [d.expert for d in self.ctx.registry.router.route(base)]
-        routed = [i for i, e in enumerate(chosen) if e != BASE_EXPERT]
-        with self.ctx.registry.lease(chosen):
+
+        def choose(router: Router) -> tuple[list[str], list[str]]:
+            chosen = [d.expert for d in router.route(base)]
+            return chosen, chosen
+
+        with self.ctx.registry.routed_lease(choose) as chosen:
+            routed = [i for i, e in enumerate(chosen) if e != BASE_EXPERT]
             if routed:
                 base[routed] = await self._encode([texts[i] for i in routed], [chosen[i] for i in routed])
         return [Embedding(v, e) for v, e in zip(base, chosen, strict=True)]
@@ -169,14 +173,17 @@ class RetrievalService:
         base: np.ndarray | None = None
         if options.expert == AUTO:
             base = await self._encode(queries, [BASE_EXPERT] * len(queries))
-            decisions = self.ctx.registry.router.route(base)
-        else:
-            decisions = [RoutingDecision(options.expert, {}, False)] * len(queries)
-        route_ms = _ms(started)
 
-        plans = [self._encoders_for(d, options) for d in decisions]
-        used = {e for plan in plans for e in plan}
-        with self.ctx.registry.lease(used):
+        def plan(router: Router) -> tuple[tuple[list[RoutingDecision], list[list[str]]], set[str]]:
+            if base is not None:
+                decisions = router.route(base)
+            else:
+                decisions = [RoutingDecision(options.expert, {}, False)] * len(queries)
+            plans = [self._encoders_for(d, options) for d in decisions]
+            return (decisions, plans), {e for p in plans for e in p}
+
+        with self.ctx.registry.routed_lease(plan) as (decisions, plans):
+            route_ms = _ms(started)
             t_encode = time.perf_counter()
             vectors = await self._plan_vectors(queries, plans, base)
             encode_ms = _ms(t_encode)
