@@ -98,6 +98,9 @@ def encode_bodies(payloads: Sequence[Any]) -> list[bytes]:
     return [json.dumps(p, separators=(",", ":")).encode() for p in payloads]
 
 
+IDLE_RECONNECT_S = 4.0  # uvicorn closes keep-alive connections idle for 5 s
+
+
 class RawClient:
     """A minimal HTTP/1.1 keep-alive client on one asyncio connection (loopback benchmarks).
 
@@ -114,6 +117,7 @@ class RawClient:
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._last_used = 0.0
 
     async def _connect(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
@@ -122,6 +126,8 @@ class RawClient:
         return await asyncio.wait_for(self._request(method, path, body), self.timeout)
 
     async def _request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if self._writer is not None and time.monotonic() - self._last_used > IDLE_RECONNECT_S:
+            await self.aclose()  # the server may be closing an idle keep-alive connection now
         if self._writer is None:
             await self._connect()
         assert self._reader is not None and self._writer is not None
@@ -151,6 +157,7 @@ class RawClient:
             raise
         if headers.get("connection", "").lower() == "close":
             await self.aclose()
+        self._last_used = time.monotonic()
         return status, content
 
     async def _read_chunked(self) -> bytes:

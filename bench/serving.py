@@ -46,7 +46,8 @@ import typer
 from bench.loadgen import LoadResult, encode_bodies, run_load, warm_up
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATASETS = ROOT.parent / "shared" / "datasets"
+# RR_DATASETS_DIR (the Makefile exports ../shared/datasets) is relative to the repo root.
+DEFAULT_DATASETS = ROOT / os.environ.get("RR_DATASETS_DIR", "../shared/datasets")
 VARIANT_LABELS = {
     "a": "(a) routed search",
     "b": "(b) one expert",
