@@ -41,6 +41,30 @@ class PoolStats:
     last_load_ms: float = 0.0
 
 
+# A bucket may waste at most this share of its padded tokens: one long text must not pad a
+# whole batch of short queries to its length.
+MAX_PADDING_WASTE = 0.3
+
+
+def length_buckets(lengths: Sequence[int], max_rows: int) -> list[np.ndarray]:
+    """Row indices grouped by similar token length (sorted), each group <= max_rows."""
+    order = np.argsort(lengths, kind="stable")
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for i in order:
+        n = lengths[i]  # >= every length already in `current` (sorted ascending)
+        padded = n * (len(current) + 1)
+        if current and (len(current) == max_rows or tokens + n < (1 - MAX_PADDING_WASTE) * padded):
+            buckets.append(current)
+            current, tokens = [], 0
+        current.append(int(i))
+        tokens += n
+    if current:
+        buckets.append(current)
+    return [np.array(b, dtype=np.int64) for b in buckets]
+
+
 class LoraEncoder:
     """Thread-safe: one lock serialises forward passes and adapter (un)loading."""
 
@@ -150,11 +174,10 @@ class LoraEncoder:
         tokens = self.tokenizer(
             list(texts), truncation=True, max_length=self.max_seq_length, padding=False
         )
-        order = np.argsort([len(ids) for ids in tokens["input_ids"]], kind="stable")
+        lengths = [len(ids) for ids in tokens["input_ids"]]
         with self._lock:
             self.ensure_resident(adapters)
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
+            for rows in length_buckets(lengths, self.batch_size):
                 out[rows] = self._forward(tokens, rows, [adapters[i] for i in rows])
             self._evict_down_to(self.capacity, keep=set())
         return out
