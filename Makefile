@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export RR_DATASETS_DIR ?= ../shared/datasets
 
-.PHONY: install redis run test test-fast lint experts eval bench clean
+.PHONY: install redis run test test-fast lint experts eval bench bench-latency bench-propagation clean
 
 # torch==2.13.0 first: on CPU machines here it is the CPU build on disk; a bare `torch`
 # requirement would otherwise pull a multi-GB CUDA build.
@@ -38,6 +38,16 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check app tests
 	$(VENV)/bin/ruff format --check app tests
+
+# Serving benchmark (issue-4 table, reports/bench.md + reports/bench.png); run on a quiet machine.
+bench: install redis
+	$(PY) -m bench.serving
+
+bench-latency: install
+	$(PY) -m bench.search_latency
+
+bench-propagation: install redis
+	$(PY) -m bench.propagation
 
 clean:
 	rm -rf $(VENV) .pytest_cache
