@@ -125,7 +125,7 @@ class RetrievalService:
             encoded = await self.ctx.encoder_batcher.submit(job, size=len(missing))
             for row, i in zip(encoded, missing, strict=True):
                 out[i] = row
-                cache.put(texts[i], versions[i], row)
+                cache.put(texts[i], versions[i], row.copy())  # not a view of the whole batch
             if self.shared_cache is not None:
                 await self.shared_cache.put_many(
                     [(texts[i], versions[i], out[i]) for i in missing]
