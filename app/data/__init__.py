@@ -1,0 +1,1 @@
+"""Dataset loading (BEIR layout) shared by training, evaluation and the service."""

@@ -1,0 +1,1 @@
+"""Offline evaluation of retrieval methods on the benchmark (never imports the HTTP layer)."""

@@ -1,0 +1,243 @@
+"""`rr eval`: every method on every test set, in the paper and service settings.
+
+Test qrels are only read here, to score. Routers, pilots and thresholds come from the
+experts' artifacts (built from train queries); oracles are upper bounds by definition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.data.beir import (
+    Benchmark,
+    BenchmarkSet,
+    load_corpus,
+    load_qrels,
+    load_queries,
+    positive_qrels,
+)
+from app.encoder.documents import document_text
+from app.evaluation.runs import Choice, EvalSet, Run, ServiceIndexes, paper_run
+
+log = logging.getLogger(__name__)
+METRICS = ("ndcg@10", "recall@100")
+BASE = "base"
+
+
+@dataclass
+class EvalResult:
+    scores: dict[str, dict[str, dict[str, float]]] = field(
+        default_factory=lambda: {m: {} for m in METRICS}
+    )
+    per_query: dict[str, dict[str, np.ndarray]] = field(
+        default_factory=dict
+    )  # ds -> method -> nDCG
+    routing: dict[str, dict[str, int]] = field(default_factory=dict)
+    routing_accuracy: dict[str, dict[str, float]] = field(
+        default_factory=dict
+    )  # router -> ds -> acc
+    in_domain: list[str] = field(default_factory=list)
+    zero_shot: list[str] = field(default_factory=list)
+
+    def record(self, dataset: str, method: str, run: Run, qrels: dict[str, dict[str, int]]) -> None:
+        from ranx import Qrels, evaluate
+        from ranx import Run as RanxRun
+
+        values = evaluate(
+            Qrels(qrels), RanxRun(run), list(METRICS), return_mean=False, make_comparable=True
+        )
+        for metric in METRICS:
+            self.scores[metric].setdefault(dataset, {})[method] = round(
+                float(np.mean(values[metric])), 5
+            )
+        self.per_query.setdefault(dataset, {})[method] = np.asarray(
+            values["ndcg@10"], dtype=np.float64
+        )
+
+    def averages(self) -> dict[str, dict[str, dict[str, float]]]:
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for metric in METRICS:
+            for group, names in (("in_domain", self.in_domain), ("zero_shot", self.zero_shot)):
+                tables = [self.scores[metric][n] for n in names if n in self.scores[metric]]
+                methods = set.intersection(*(set(t) for t in tables)) if tables else set()
+                out.setdefault(metric, {})[group] = {
+                    m: round(float(np.mean([t[m] for t in tables])), 5) for m in sorted(methods)
+                }
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.scores,
+            "routing": self.routing,
+            "averages": self.averages(),
+            "routing_accuracy": self.routing_accuracy,
+            "datasets": {"in_domain": self.in_domain, "zero_shot": self.zero_shot},
+        }
+
+
+def load_eval_set(
+    entry: BenchmarkSet, in_domain: bool, encoder: Any, cache_dir: Path
+) -> tuple[EvalSet, list[str]]:
+    from app.training.doc_embeddings import document_embeddings
+
+    doc_ids, matrix = document_embeddings(entry.directory, encoder, cache_dir)
+    qrels = positive_qrels(load_qrels(entry.test_qrels))
+    queries = load_queries(entry.directory)
+    ids = sorted(q for q in qrels if queries.get(q, "").strip())
+    corpus = load_corpus(entry.directory)
+    texts = [document_text(d["title"], d["text"]) for d in corpus]
+    data = EvalSet(
+        entry.name,
+        in_domain,
+        doc_ids,
+        matrix,
+        ids,
+        [queries[q] for q in ids],
+        {q: qrels[q] for q in ids},
+    )
+    return data, texts
+
+
+def train_query_sample(entry: BenchmarkSet, size: int, seed: int) -> list[str]:
+    """Up to `size` train queries of a domain (DatasetRouter's examples), seeded."""
+    qrels = positive_qrels(load_qrels(entry.train_qrels)) if entry.train_qrels else {}
+    queries = load_queries(entry.directory)
+    ids = sorted(q for q in qrels if queries.get(q, "").strip())
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(ids), size=min(size, len(ids)), replace=False) if ids else []
+    return [queries[ids[int(i)]] for i in sorted(picked)]
+
+
+def _choices(decisions: list[Any], top2: bool = False) -> list[Choice]:
+    if top2:
+        return [BASE if d.fallback else tuple(d.top(2)) for d in decisions]  # type: ignore[misc]
+    return [d.expert for d in decisions]
+
+
+def run_eval(
+    benchmark: Benchmark,
+    experts_dir: Path,
+    cache_dir: Path,
+    multitask_dir: Path | None = None,
+    extra_zero_shot: list[Path] | None = None,
+    variant_pilots: dict[str, dict[str, np.ndarray]] | None = None,
+    k: int = 100,
+    seed: int = 13,
+) -> EvalResult:
+    from app.encoder.lora_encoder import BASE as BASE_ADAPTER
+    from app.encoder.lora_encoder import LoraEncoder
+    from app.errors import NotFound
+    from app.evaluation.bm25 import bm25_search
+    from app.experts.artifacts import list_expert_dirs, read_expert
+    from app.routing.router import Router
+
+    experts = {p.name: read_expert(p) for p in list_expert_dirs(experts_dir)}
+    adapters = {name: e.path for name, e in experts.items()}
+    if multitask_dir is not None and (multitask_dir / "adapter_config.json").is_file():
+        adapters["multitask"] = multitask_dir
+
+    def locate(name: str) -> Path:
+        if name not in adapters:
+            raise NotFound(name)
+        return adapters[name]
+
+    encoder = LoraEncoder(locate, capacity=len(adapters) + 1)
+    result = EvalResult()
+    entries = [(e, True) for e in benchmark.experts] + [(e, False) for e in benchmark.zero_shot]
+    for path in extra_zero_shot or []:
+        entries.append((BenchmarkSet(path.name, path, path / "qrels/test.tsv", None), False))
+
+    sets: list[EvalSet] = []
+    for entry, in_domain in entries:
+        data, doc_texts = load_eval_set(entry, in_domain, encoder, cache_dir)
+        (result.in_domain if in_domain else result.zero_shot).append(data.name)
+        data.encoded[BASE] = encoder.encode(
+            data.query_texts, [BASE_ADAPTER] * len(data.query_texts)
+        )
+        for name in adapters:
+            data.encoded[name] = encoder.encode(data.query_texts, [name] * len(data.query_texts))
+        rows, scores = bm25_search(doc_texts, data.query_texts, k)
+        result.record(
+            data.name,
+            "bm25",
+            {
+                q: {data.doc_ids[r]: float(s) for r, s in zip(rr, ss, strict=True) if s > 0}
+                or {"__miss__": 0.0}
+                for q, rr, ss in zip(data.query_ids, rows, scores, strict=True)
+            },
+            data.qrels,
+        )
+        sets.append(data)
+        log.info("encoded %s (%d queries)", data.name, len(data.query_ids))
+
+    names = sorted(experts)
+    thresholds = {n: experts[n].spec.fallback_threshold for n in names}
+    pilots = {n: experts[n].pilots for n in names if len(experts[n].pilots)}
+    routers: dict[str, tuple[Router, bool]] = {
+        "router_mean": (Router(pilots, "mean", thresholds=thresholds), False),
+        "router_max": (Router(pilots, "max", thresholds=thresholds), False),
+        "router_top2": (Router(pilots, "mean", thresholds=thresholds), True),
+        "router_mean_nofallback": (Router(pilots, "mean", threshold=-1.0), False),
+    }
+    for label, variant in (variant_pilots or {}).items():
+        routers[f"router_mean[{label}]"] = (Router(variant, "mean", threshold=-1.0), False)
+    by_name = {e.name: e for e in benchmark.experts}
+    samples = {
+        n: encoder.encode(train_query_sample(by_name[n], 100, seed)) for n in names if n in by_name
+    }
+    routers["dataset_router"] = (
+        Router({n: s for n, s in samples.items() if len(s)}, "max", threshold=-1.0),
+        False,
+    )
+
+    service = ServiceIndexes([s for s in sets if s.in_domain])
+    for data in sets:
+        fixed: dict[str, Choice] = {BASE: BASE, **{f"expert:{n}": n for n in names}}
+        if "multitask" in adapters:
+            fixed["multitask"] = "multitask"
+        for method, choice in fixed.items():
+            result.record(
+                data.name, method, paper_run(data, [choice] * len(data.query_ids), k), data.qrels
+            )
+        for method, (router, top2) in routers.items():
+            choices = _choices(router.route(data.encoded[BASE]), top2)
+            result.record(data.name, method, paper_run(data, choices, k), data.qrels)
+            if data.in_domain:
+                result.record(
+                    data.name, f"service:{method}", service.run(data, choices, k), data.qrels
+                )
+            if not top2:
+                accuracy = (
+                    np.mean([c == data.name for c in choices])
+                    if data.in_domain
+                    else np.mean([c == BASE for c in choices])
+                )
+                result.routing_accuracy.setdefault(method, {})[data.name] = round(
+                    float(accuracy), 4
+                )
+            if method == "router_mean":
+                result.routing[data.name] = dict(Counter(str(c) for c in choices))
+        _oracles(result, data, names, k)
+    return result
+
+
+def _oracles(result: EvalResult, data: EvalSet, names: list[str], k: int) -> None:
+    """Upper bounds over {base} + experts, chosen with the test labels by definition."""
+    candidates = [BASE, *names]
+    methods = [BASE, *(f"expert:{n}" for n in names)]
+    table = np.stack([result.per_query[data.name][m] for m in methods], axis=1)
+    dataset_best = candidates[int(np.argmax(table.mean(axis=0)))]
+    result.record(
+        data.name,
+        "dataset_oracle",
+        paper_run(data, [dataset_best] * len(data.query_ids), k),
+        data.qrels,
+    )
+    per_query = [candidates[int(i)] for i in np.argmax(table, axis=1)]
+    result.record(data.name, "instance_oracle", paper_run(data, per_query, k), data.qrels)

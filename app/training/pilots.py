@@ -1,0 +1,104 @@
+"""Pilot embeddings: the router's picture of each expert (paper Algorithm 1, plus tie rule).
+
+`centroid_pilots` is the plain rule the HTTP registration path uses; `label_queries` and
+`algorithm1_pilots` implement the paper's best-expert relabelling. Only numpy at import.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+BASE_LABEL = "__base__"  # a query on which no expert beats the base model
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return (rows / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def centroid_pilots(
+    embeddings: np.ndarray, k: int = 1, seed: int = 0, iterations: int = 25
+) -> np.ndarray:
+    """`(k', 384)` unit centroids of base-encoder query embeddings (k' = min(k, n)).
+
+    k=1 is the normalised mean (the paper found more centroids distract the router); k>1 runs
+    spherical k-means with a seeded k-means++ start, so the result is reproducible.
+    """
+    points = np.asarray(embeddings, dtype=np.float32)
+    if points.ndim != 2 or len(points) == 0:
+        raise ValueError("need a non-empty (n, dim) matrix of embeddings")
+    if k <= 1 or len(points) <= 1:
+        return _unit(points.mean(axis=0, keepdims=True))
+    k = min(k, len(points))
+    rng = np.random.default_rng(seed)
+    centres = [points[int(rng.integers(len(points)))]]
+    for _ in range(1, k):  # k-means++: next centre far (in cosine) from the chosen ones
+        distance = np.clip(1 - np.max(points @ np.array(centres).T, axis=1), 0, None)
+        total = distance.sum()
+        pick = (
+            rng.choice(len(points), p=distance / total) if total > 0 else rng.integers(len(points))
+        )
+        centres.append(points[int(pick)])
+    centroids = _unit(np.array(centres))
+    for _ in range(iterations):
+        assign = np.argmax(points @ centroids.T, axis=1)
+        updated = np.array(
+            [
+                points[assign == c].mean(axis=0) if np.any(assign == c) else centroids[c]
+                for c in range(k)
+            ]
+        )
+        updated = _unit(updated)
+        if np.allclose(updated, centroids):
+            break
+        centroids = updated
+    return centroids
+
+
+def label_queries(
+    scores: Mapping[str, np.ndarray], own_expert: str | None, margin: float | None
+) -> list[str]:
+    """Label each query with its best expert (per-query nDCG@10 per candidate).
+
+    `scores` maps candidate -> per-query nDCG (include BASE_LABEL for the base model).
+    Paper rule (margin None): argmax, ties broken by candidate order (base first, as the
+    prototype did). Tie rule: the query's own domain expert keeps the query when it is within
+    `margin` of the best score, so weak experts that tie with everyone keep their domain.
+    """
+    names = list(scores)
+    matrix = np.stack([np.asarray(scores[n], dtype=np.float64) for n in names], axis=1)
+    best = matrix.max(axis=1)
+    labels = [names[int(i)] for i in np.argmax(matrix, axis=1)]
+    if margin is not None and own_expert in scores:
+        own = matrix[:, names.index(own_expert)]
+        labels = [
+            own_expert if own[i] >= best[i] - margin else label for i, label in enumerate(labels)
+        ]
+    return labels
+
+
+def algorithm1_pilots(
+    domains: Mapping[str, tuple[np.ndarray, Sequence[str]]], k: int = 1
+) -> dict[str, np.ndarray]:
+    """Group each domain's queries by label, k centroids per (domain, label) group.
+
+    `domains` maps domain -> (base embeddings of its train queries, their labels). Returns
+    expert -> stacked pilots; base-labelled queries give no pilots (base has no adapter).
+    """
+    grouped: dict[str, list[np.ndarray]] = defaultdict(list)
+    for _domain, (embeddings, labels) in sorted(domains.items()):
+        labels_array = np.asarray(labels)
+        for label in sorted(set(labels)):
+            if label == BASE_LABEL:
+                continue
+            grouped[label].append(centroid_pilots(embeddings[labels_array == label], k=k))
+    return {name: np.concatenate(blocks) for name, blocks in grouped.items()}
+
+
+def calibrate_threshold(own_scores: np.ndarray, percentile: float = 5.0) -> float:
+    """A low percentile of the expert's own training queries' router score: anything less
+    similar than nearly all of its own queries is treated as out of domain."""
+    return round(float(np.percentile(np.asarray(own_scores, dtype=np.float64), percentile)), 6)
