@@ -129,7 +129,10 @@ def build_experts(
     from bench.search_latency import _make_adapter  # random-weight LoRA adapter (r=8, q/v)
 
     trained = repo_experts(ROOT / "experts")
-    use_repo = source == "repo" or (source == "auto" and trained)
+    # auto: the trained experts only when they cover every expert dataset; a partial set
+    # (say 2 of 10) would send most of the mixed traffic to the base fallback.
+    missing = sorted({d.name for d in domains} - {p.name for p in trained})
+    use_repo = source == "repo" or (source == "auto" and trained and not missing)
     if source == "repo" and not trained:
         raise SystemExit("--experts repo: no trained experts (dirs with expert.json) in experts/")
     experts_dir = root / "experts"
@@ -141,8 +144,11 @@ def build_experts(
             shutil.copytree(path, experts_dir / path.name)
         names = [p.name for p in trained]
         described = (
-            f"{len(names)} trained experts copied from experts/ (adapters and pilots as trained)"
+            f"{len(names)} trained experts copied from experts/ (adapters, pilots and "
+            "fallback thresholds as trained)"
         )
+        if missing:
+            described += f"; no expert for {', '.join(missing)} (their queries may fall back)"
     else:
         names = []
         for i, domain in enumerate(domains):
@@ -158,8 +164,9 @@ def build_experts(
                 description=f"bench: random LoRA, pilot = centroid of {domain.name} train queries",
             )
             names.append(domain.name)
+        unused = f" (experts/ has only {len(trained)} of {len(domains)})" if trained else ""
         described = (
-            f"{len(names)} synthetic experts, one per expert dataset: random-weight LoRA "
+            f"{len(names)} synthetic experts{unused}, one per expert dataset: random-weight LoRA "
             f"(r=8, query/value), pilot = base-encoder centroid of <= {pilot_queries} of the "
             "dataset's train queries"
         )
@@ -501,7 +508,10 @@ def main(
     variants: Annotated[str, Opt(help="Subset of a,b,c,d,e to run.")] = "a,b,c,d,e",
     docs: Annotated[int, Opt(help="Documents (random unit vectors) per expert index.")] = 10_000,
     experts: Annotated[
-        str, Opt(help="auto (trained experts in experts/ if any, else synthetic), repo, synthetic.")
+        str,
+        Opt(
+            help="auto (experts/ if it has one per expert dataset, else synthetic), repo, synthetic"
+        ),
     ] = "auto",
     pilot_queries: Annotated[int, Opt(help="Train queries per synthetic pilot centroid.")] = 500,
     infinity_dtype: Annotated[
