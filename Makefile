@@ -36,8 +36,8 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check app tests
-	$(VENV)/bin/ruff format --check app tests
+	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/ruff format --check app tests bench
 
 # Serving benchmark (issue-4 table, reports/bench.md + reports/bench.png); run on a quiet machine.
 bench: install redis

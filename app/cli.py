@@ -6,7 +6,9 @@ import typer
 
 from app.training.commands import register as register_training
 
-app = typer.Typer(help="RouterRetriever gateway: serve, train experts, evaluate.", no_args_is_help=True)
+app = typer.Typer(
+    help="RouterRetriever gateway: serve, train experts, evaluate.", no_args_is_help=True
+)
 
 
 @app.callback()

@@ -61,4 +61,3 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_timeout_s: float = Field(default=1.0, gt=0)
     redis_cache_ttl_s: int = Field(default=86_400, ge=1)
-

@@ -30,11 +30,21 @@ def _adapter(root: Path) -> dict[str, tuple[str, bytes, str]]:
     from app.encoder.base_model import load_base_model
 
     torch.manual_seed(0)
-    config = LoraConfig(r=8, lora_alpha=32, target_modules=["query", "value"], init_lora_weights=False)
+    config = LoraConfig(
+        r=8, lora_alpha=32, target_modules=["query", "value"], init_lora_weights=False
+    )
     get_peft_model(load_base_model("cpu"), config).save_pretrained(str(root / "adapter"))
     return {
-        "adapter_config": ("adapter_config.json", (root / "adapter/adapter_config.json").read_bytes(), "application/json"),
-        "adapter_model": ("adapter_model.safetensors", (root / "adapter/adapter_model.safetensors").read_bytes(), "application/octet-stream"),
+        "adapter_config": (
+            "adapter_config.json",
+            (root / "adapter/adapter_config.json").read_bytes(),
+            "application/json",
+        ),
+        "adapter_model": (
+            "adapter_model.safetensors",
+            (root / "adapter/adapter_model.safetensors").read_bytes(),
+            "application/octet-stream",
+        ),
     }
 
 
@@ -47,6 +57,15 @@ def _until(predicate, timeout_s: float = 10.0) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+def _routes_to(client: httpx.Client, query: str, expert: str) -> bool:
+    return client.post("/v1/route", json={"query": query}).json()["expert"] == expert
+
+
+def _finds(client: httpx.Client, query: str, expert: str, doc_id: str) -> bool:
+    body = {"query": query, "expert": expert, "include_text": False}
+    return any(h["id"] == doc_id for h in client.post("/v1/search", json=body).json()["hits"])
+
+
 def main(rounds: int = 20) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -57,30 +76,38 @@ def main(rounds: int = 20) -> None:
         try:
             a.start()
             b.start()
-            with httpx.Client(base_url=a.url, timeout=60) as ca, httpx.Client(base_url=b.url, timeout=60) as cb:
+            with (
+                httpx.Client(base_url=a.url, timeout=60) as ca,
+                httpx.Client(base_url=b.url, timeout=60) as cb,
+            ):
                 cb.post("/v1/route", json={"query": "warm up"})
                 expert_ms, doc_ms = [], []
                 for i in range(rounds):
                     name, topic = f"e{i}", f"topic number {i} about aircraft wings"
-                    response = ca.post("/admin/experts", headers=AUTH, files=files,
-                                       data={"name": name, "pilot_queries": json.dumps([topic])})
+                    response = ca.post(
+                        "/admin/experts",
+                        headers=AUTH,
+                        files=files,
+                        data={"name": name, "pilot_queries": json.dumps([topic])},
+                    )
                     response.raise_for_status()
-                    expert_ms.append(_until(
-                        lambda: cb.post("/v1/route", json={"query": topic}).json()["expert"] == name))
+                    expert_ms.append(_until(lambda t=topic, n=name: _routes_to(cb, t, n)))
                     docs = {"documents": [{"id": f"d{i}", "text": topic}]}
-                    ca.put(f"/admin/experts/{name}/documents", headers=AUTH, json=docs).raise_for_status()
-                    doc_ms.append(_until(lambda: any(
-                        h["id"] == f"d{i}" for h in cb.post(
-                            "/v1/search", json={"query": topic, "expert": name, "include_text": False}
-                        ).json()["hits"])))
+                    url = f"/admin/experts/{name}/documents"
+                    ca.put(url, headers=AUTH, json=docs).raise_for_status()
+                    doc_ms.append(_until(lambda t=topic, n=name, d=f"d{i}": _finds(cb, t, n, d)))
         finally:
             a.stop()
             b.stop()
             redis.stop()
-    for label, values in (("expert registered on A -> routed on B", expert_ms),
-                          ("document upserted on A -> found on B", doc_ms)):
-        print(f"{label}: p50 {statistics.median(values):.1f} ms, max {max(values):.1f} ms "
-              f"({len(values)} rounds; includes one B request per poll)")
+    for label, values in (
+        ("expert registered on A -> routed on B", expert_ms),
+        ("document upserted on A -> found on B", doc_ms),
+    ):
+        print(
+            f"{label}: p50 {statistics.median(values):.1f} ms, max {max(values):.1f} ms "
+            f"({len(values)} rounds; includes one B request per poll)"
+        )
 
 
 if __name__ == "__main__":

@@ -43,9 +43,13 @@ def _make_adapter(seed: int, out: Path) -> tuple[bytes, bytes]:
     from app.encoder.base_model import load_base_model
 
     torch.manual_seed(seed)
-    config = LoraConfig(r=8, lora_alpha=32, target_modules=["query", "value"], init_lora_weights=False)
+    config = LoraConfig(
+        r=8, lora_alpha=32, target_modules=["query", "value"], init_lora_weights=False
+    )
     get_peft_model(load_base_model("cpu"), config).save_pretrained(str(out))
-    return (out / "adapter_config.json").read_bytes(), (out / "adapter_model.safetensors").read_bytes()
+    return (out / "adapter_config.json").read_bytes(), (
+        out / "adapter_model.safetensors"
+    ).read_bytes()
 
 
 def build(root: Path, docs: int) -> None:
@@ -85,9 +89,21 @@ def main(docs: int = 10_000, requests: int = 200, port: int = 8765) -> None:
         started = time.perf_counter()
         build(root, docs)
         print(f"built 3 experts x {docs} documents in {time.perf_counter() - started:.1f}s")
-        env = os.environ | {"RR_EXPERTS_DIR": str(root / "experts"), "RR_INDEXES_DIR": str(root / "indexes")}
+        env = os.environ | {
+            "RR_EXPERTS_DIR": str(root / "experts"),
+            "RR_INDEXES_DIR": str(root / "indexes"),
+        }
         server = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
             env=env,
         )
         try:
@@ -106,7 +122,9 @@ def main(docs: int = 10_000, requests: int = 200, port: int = 8765) -> None:
                 latencies, routed = [], {}
                 for i in range(requests):
                     t0 = time.perf_counter()
-                    response = client.post("/v1/search", json={"query": QUERIES[i % len(QUERIES)], "k": 10})
+                    response = client.post(
+                        "/v1/search", json={"query": QUERIES[i % len(QUERIES)], "k": 10}
+                    )
                     latencies.append((time.perf_counter() - t0) * 1000)
                     response.raise_for_status()
                     expert = response.json()["routing"]["expert"]
@@ -117,11 +135,15 @@ def main(docs: int = 10_000, requests: int = 200, port: int = 8765) -> None:
         latencies.sort()
         p50 = statistics.median(latencies)
         p95 = latencies[int(0.95 * len(latencies)) - 1]
-        print(f"/v1/search c=1, {requests} requests, 3 experts x {docs} docs: "
-              f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, routed {routed}")
+        print(
+            f"/v1/search c=1, {requests} requests, 3 experts x {docs} docs: "
+            f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, routed {routed}"
+        )
         loads = cold_load_ms(root)
-        print(f"adapter cold load: median {statistics.median(loads):.1f} ms, max {max(loads):.1f} ms "
-              f"over {len(loads)} loads")
+        print(
+            f"adapter cold load: median {statistics.median(loads):.1f} ms, max {max(loads):.1f} ms "
+            f"over {len(loads)} loads"
+        )
 
 
 if __name__ == "__main__":

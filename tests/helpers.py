@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,11 @@ def make_adapter(seed: int, root: str, targets: tuple[str, ...] = ("query", "val
 
 def adapter_files(path: Path) -> dict[str, tuple[str, bytes, str]]:
     return {
-        "adapter_config": ("adapter_config.json", (path / "adapter_config.json").read_bytes(), "application/json"),
+        "adapter_config": (
+            "adapter_config.json",
+            (path / "adapter_config.json").read_bytes(),
+            "application/json",
+        ),
         "adapter_model": (
             "adapter_model.safetensors",
             (path / "adapter_model.safetensors").read_bytes(),
@@ -76,4 +81,3 @@ def live_server(settings) -> Iterator[tuple[str, Any]]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-

@@ -25,12 +25,29 @@ CODE_QUERIES = [
     "python function to reverse a string",
 ]
 AERO_DOCS = [
-    {"id": "a1", "title": "Swept wings", "text": "Wing sweep delays compressibility drag rise at transonic mach numbers."},
-    {"id": "a2", "title": "Laminar flow", "text": "Boundary layer transition from laminar to turbulent flow on airfoils."},
+    {
+        "id": "a1",
+        "title": "Swept wings",
+        "text": "Wing sweep delays compressibility drag rise at transonic mach numbers.",
+    },
+    {
+        "id": "a2",
+        "title": "Laminar flow",
+        "text": "Boundary layer transition from laminar to turbulent flow on airfoils.",
+    },
 ]
 CODE_DOCS = [
-    {"id": "c1", "title": "sorted", "text": "def sort_by_value(d): return dict(sorted(d.items(), key=lambda kv: kv[1]))", "metadata": {"lang": "python"}},
-    {"id": "c2", "title": "reverse", "text": "def reverse(s): return s[::-1]  # reverse a string in python"},
+    {
+        "id": "c1",
+        "title": "sorted",
+        "text": "def sort_by_value(d): return dict(sorted(d.items(), key=lambda kv: kv[1]))",
+        "metadata": {"lang": "python"},
+    },
+    {
+        "id": "c2",
+        "title": "reverse",
+        "text": "def reverse(s): return s[::-1]  # reverse a string in python",
+    },
 ]
 
 
@@ -46,9 +63,13 @@ def register(client: TestClient, name: str, adapter: Path, queries: list[str]):
 def populate(client: TestClient, adapter_a: Path, adapter_b: Path) -> None:
     assert register(client, "aero", adapter_a, AERO_QUERIES).status_code == 201
     assert register(client, "code", adapter_b, CODE_QUERIES).status_code == 201
-    response = client.put("/admin/experts/aero/documents", headers=AUTH, json={"documents": AERO_DOCS})
+    response = client.put(
+        "/admin/experts/aero/documents", headers=AUTH, json={"documents": AERO_DOCS}
+    )
     assert response.json() == {"inserted": 2, "updated": 0}
-    response = client.put("/admin/experts/code/documents", headers=AUTH, json={"documents": CODE_DOCS})
+    response = client.put(
+        "/admin/experts/code/documents", headers=AUTH, json={"documents": CODE_DOCS}
+    )
     assert response.status_code == 200
 
 
@@ -74,28 +95,41 @@ def test_register_upload_search_delete_restart(settings, adapter_a: Path, adapte
         assert client.get("/v1/experts/aero").json()["description"] == "aero expert"
 
         # Update in place: same id replaces the document.
-        changed = [{"id": "c2", "text": "def reverse_words(s): return ' '.join(reversed(s.split()))"}]
-        assert client.put("/admin/experts/code/documents", headers=AUTH, json={"documents": changed}).json() == {"inserted": 0, "updated": 1}
+        changed = [
+            {"id": "c2", "text": "def reverse_words(s): return ' '.join(reversed(s.split()))"}
+        ]
+        assert client.put(
+            "/admin/experts/code/documents", headers=AUTH, json={"documents": changed}
+        ).json() == {"inserted": 0, "updated": 1}
 
     # Restart on the same directories: experts and documents are back.
     with TestClient(create_app(settings)) as client:
         names = [e["name"] for e in client.get("/v1/experts").json()["experts"]]
         assert names == ["aero", "code"]
-        hits = client.post("/v1/search", json={"query": "reverse the words of a sentence", "expert": "code"}).json()["hits"]
+        hits = client.post(
+            "/v1/search", json={"query": "reverse the words of a sentence", "expert": "code"}
+        ).json()["hits"]
         assert hits[0]["id"] == "c2" and "reverse_words" in hits[0]["text"]
         assert client.get("/readyz").status_code == 200
 
         assert client.delete("/admin/experts/code", headers=AUTH).status_code == 204
-        body = client.post("/v1/search", json={"query": "python sort dict by value", "k": 10}).json()
+        body = client.post(
+            "/v1/search", json={"query": "python sort dict by value", "k": 10}
+        ).json()
         assert body["routing"]["expert"] != "code" and "code" not in body["routing"]["scores"]
         assert all(h["index"] != "code" for h in body["hits"])
         assert client.post("/v1/search", json={"query": "x", "expert": "code"}).status_code == 404
 
     with TestClient(create_app(settings)) as client:
         assert [e["name"] for e in client.get("/v1/experts").json()["experts"]] == ["aero"]
-        hits = client.post("/v1/search", json={"query": "python sort dict by value", "k": 10}).json()["hits"]
+        hits = client.post(
+            "/v1/search", json={"query": "python sort dict by value", "k": 10}
+        ).json()["hits"]
         assert {h["id"] for h in hits} <= {"a1", "a2"}
-    assert not (settings.experts_dir / "code").exists() and not (settings.indexes_dir / "code").exists()
+    assert (
+        not (settings.experts_dir / "code").exists()
+        and not (settings.indexes_dir / "code").exists()
+    )
 
 
 def test_search_modes_and_embeddings(client: TestClient, adapter_a: Path, adapter_b: Path) -> None:
@@ -113,12 +147,16 @@ def test_search_modes_and_embeddings(client: TestClient, adapter_a: Path, adapte
     assert fused["hits"][0]["id"] == "c1" and fused["hits"][0]["score"] == pytest.approx(1 / 61)
 
     # base: base encoder over every index, merged by cosine.
-    base = client.post("/v1/search", json={"query": query, "expert": "base", "include_text": False}).json()
+    base = client.post(
+        "/v1/search", json={"query": query, "expert": "base", "include_text": False}
+    ).json()
     assert len(base["hits"]) == 4 and "text" not in base["hits"][0]
     scores = [h["score"] for h in base["hits"]]
     assert scores == sorted(scores, reverse=True)
 
-    batch = client.post("/v1/search/batch", json={"queries": [query, "wing boundary layer"], "k": 1}).json()
+    batch = client.post(
+        "/v1/search/batch", json={"queries": [query, "wing boundary layer"], "k": 1}
+    ).json()
     assert [r["routing"]["expert"] for r in batch] == ["code", "aero"]
 
     emb = client.post("/v1/embeddings", json={"input": [query, "airfoil shock wave"]}).json()
@@ -146,7 +184,9 @@ def test_register_with_npy_pilots(client: TestClient, adapter_a: Path) -> None:
     from tests.helpers import npy_bytes
 
     pilots = np.random.default_rng(0).normal(size=(3, 384)).astype(np.float32)
-    files = adapter_files(adapter_a) | {"pilots": ("p.npy", npy_bytes(pilots), "application/octet-stream")}
+    files = adapter_files(adapter_a) | {
+        "pilots": ("p.npy", npy_bytes(pilots), "application/octet-stream")
+    }
     response = client.post("/admin/experts", headers=AUTH, data={"name": "npy-pilots"}, files=files)
     assert response.status_code == 201 and response.json()["pilot_count"] == 3
     assert response.json()["resident"] is True
@@ -154,7 +194,11 @@ def test_register_with_npy_pilots(client: TestClient, adapter_a: Path) -> None:
 
 def test_metrics_and_request_ids(client: TestClient, adapter_a: Path, adapter_b: Path) -> None:
     populate(client, adapter_a, adapter_b)
-    response = client.post("/v1/search", json={"query": "python sort dict by value"}, headers={"X-Request-ID": "abc-123"})
+    response = client.post(
+        "/v1/search",
+        json={"query": "python sort dict by value"},
+        headers={"X-Request-ID": "abc-123"},
+    )
     assert response.headers["x-request-id"] == "abc-123"
     client.post("/v1/search", json={"query": "python sort dict by value"})  # cached embedding
     text = client.get("/metrics").text

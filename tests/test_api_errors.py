@@ -60,14 +60,26 @@ def assert_error(response, status: int, code: str | None = None) -> None:
         {"query": "ok", "unknown_option": 1},
         {},
     ],
-    ids=["empty", "whitespace", "too-long", "k-zero", "k-too-big", "k-not-int", "top-zero", "extra-field", "missing-query"],
+    ids=[
+        "empty",
+        "whitespace",
+        "too-long",
+        "k-zero",
+        "k-too-big",
+        "k-not-int",
+        "top-zero",
+        "extra-field",
+        "missing-query",
+    ],
 )
 def test_bad_search_input_is_422(api: TestClient, payload: dict) -> None:
     assert_error(api.post("/v1/search", json=payload), 422)
 
 
 def test_malformed_json_is_422(api: TestClient) -> None:
-    response = api.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"})
+    response = api.post(
+        "/v1/search", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert_error(response, 422, "invalid_request")
 
 
@@ -101,36 +113,83 @@ def test_path_traversal_in_url_is_refused(api: TestClient) -> None:
 
 def test_duplicate_expert_is_409(api: TestClient, adapter_a: Path) -> None:
     response = api.post(
-        "/admin/experts", headers=AUTH, data={"name": "sci", "pilot_queries": '["q"]'}, files=adapter_files(adapter_a)
+        "/admin/experts",
+        headers=AUTH,
+        data={"name": "sci", "pilot_queries": '["q"]'},
+        files=adapter_files(adapter_a),
     )
     assert_error(response, 409, "conflict")
 
 
 def test_reserved_name_and_missing_pilots_are_422(api: TestClient, adapter_a: Path) -> None:
     files = adapter_files(adapter_a)
-    assert_error(api.post("/admin/experts", headers=AUTH, data={"name": "base", "pilot_queries": '["q"]'}, files=files), 422)
-    assert_error(api.post("/admin/experts", headers=AUTH, data={"name": "nopilots"}, files=files), 422)
-    assert_error(api.post("/admin/experts", headers=AUTH, data={"name": "badpilots", "pilot_queries": "[1, 2"}, files=files), 422)
+    assert_error(
+        api.post(
+            "/admin/experts",
+            headers=AUTH,
+            data={"name": "base", "pilot_queries": '["q"]'},
+            files=files,
+        ),
+        422,
+    )
+    assert_error(
+        api.post("/admin/experts", headers=AUTH, data={"name": "nopilots"}, files=files), 422
+    )
+    assert_error(
+        api.post(
+            "/admin/experts",
+            headers=AUTH,
+            data={"name": "badpilots", "pilot_queries": "[1, 2"},
+            files=files,
+        ),
+        422,
+    )
 
 
 def test_malformed_and_mismatched_adapters_are_422(api: TestClient, adapter_a: Path) -> None:
     files = adapter_files(adapter_a)
     garbage = files | {"adapter_config": ("adapter_config.json", b"not json", "application/json")}
     config = json.loads(files["adapter_config"][1]) | {"r": 16}
-    mismatched = files | {"adapter_config": ("adapter_config.json", json.dumps(config).encode(), "application/json")}
-    truncated = files | {"adapter_model": ("adapter_model.safetensors", files["adapter_model"][1][:100], "application/octet-stream")}
+    mismatched = files | {
+        "adapter_config": ("adapter_config.json", json.dumps(config).encode(), "application/json")
+    }
+    truncated = files | {
+        "adapter_model": (
+            "adapter_model.safetensors",
+            files["adapter_model"][1][:100],
+            "application/octet-stream",
+        )
+    }
     for bad in (garbage, mismatched, truncated):
-        response = api.post("/admin/experts", headers=AUTH, data={"name": "bad", "pilot_queries": '["q"]'}, files=bad)
+        response = api.post(
+            "/admin/experts",
+            headers=AUTH,
+            data={"name": "bad", "pilot_queries": '["q"]'},
+            files=bad,
+        )
         assert_error(response, 422, "invalid_adapter")
     assert "bad" not in [e["name"] for e in api.get("/v1/experts").json()["experts"]]
 
 
 def test_pickle_adapter_is_422(api: TestClient, adapter_a: Path) -> None:
     files = adapter_files(adapter_a)
-    as_bin = files | {"adapter_model": ("adapter_model.bin", pickle.dumps({"w": 1}), "application/octet-stream")}
-    disguised = files | {"adapter_model": ("adapter_model.safetensors", pickle.dumps({"w": 1}), "application/octet-stream")}
+    as_bin = files | {
+        "adapter_model": ("adapter_model.bin", pickle.dumps({"w": 1}), "application/octet-stream")
+    }
+    disguised = files | {
+        "adapter_model": (
+            "adapter_model.safetensors",
+            pickle.dumps({"w": 1}),
+            "application/octet-stream",
+        )
+    }
     for bad in (as_bin, disguised):
-        response = api.post("/admin/experts", headers=AUTH, data={"name": "pickled", "pilot_queries": '["q"]'}, files=bad)
+        response = api.post(
+            "/admin/experts",
+            headers=AUTH,
+            data={"name": "pickled", "pilot_queries": '["q"]'},
+            files=bad,
+        )
         assert_error(response, 422, "invalid_adapter")
 
 
@@ -144,7 +203,9 @@ def test_admin_token_is_required(api: TestClient) -> None:
 
 
 def test_admin_disabled_without_token(tmp_path: Path) -> None:
-    settings = Settings(experts_dir=tmp_path / "e", indexes_dir=tmp_path / "i", datasets_dir=None, admin_token=None)
+    settings = Settings(
+        experts_dir=tmp_path / "e", indexes_dir=tmp_path / "i", datasets_dir=None, admin_token=None
+    )
     with TestClient(create_app(settings)) as client:
         assert_error(client.delete("/admin/experts/x", headers=AUTH), 503, "admin_disabled")
         assert client.post("/v1/search", json={"query": "still serves"}).status_code == 200
@@ -152,21 +213,46 @@ def test_admin_disabled_without_token(tmp_path: Path) -> None:
 
 def test_oversized_body_is_413(api: TestClient) -> None:
     big = {"documents": [{"id": "1", "text": "x" * (2 * 1024 * 1024)}]}
-    assert_error(api.put("/admin/experts/sci/documents", headers=AUTH, json=big), 413, "payload_too_large")
+    assert_error(
+        api.put("/admin/experts/sci/documents", headers=AUTH, json=big), 413, "payload_too_large"
+    )
 
     def chunks():  # no Content-Length: the limit is enforced while streaming
         for _ in range(40):
             yield b"x" * 65536
 
-    response = api.post("/v1/search", content=chunks(), headers={"content-type": "application/json"})
+    response = api.post(
+        "/v1/search", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert_error(response, 413)
 
 
 def test_document_errors(api: TestClient) -> None:
-    assert_error(api.put("/admin/experts/nope/documents", headers=AUTH, json={"documents": [{"id": "1", "text": "t"}]}), 404)
+    assert_error(
+        api.put(
+            "/admin/experts/nope/documents",
+            headers=AUTH,
+            json={"documents": [{"id": "1", "text": "t"}]},
+        ),
+        404,
+    )
     assert_error(api.put("/admin/experts/sci/documents", headers=AUTH, json={"documents": []}), 422)
-    assert_error(api.put("/admin/experts/sci/documents", headers=AUTH, json={"documents": [{"id": "", "text": "t"}]}), 422)
-    assert_error(api.put("/admin/experts/sci/documents", headers=AUTH, json={"documents": [{"id": "1", "text": ""}]}), 422)
+    assert_error(
+        api.put(
+            "/admin/experts/sci/documents",
+            headers=AUTH,
+            json={"documents": [{"id": "", "text": "t"}]},
+        ),
+        422,
+    )
+    assert_error(
+        api.put(
+            "/admin/experts/sci/documents",
+            headers=AUTH,
+            json={"documents": [{"id": "1", "text": ""}]},
+        ),
+        422,
+    )
     assert_error(api.delete("/admin/experts/sci/documents/missing", headers=AUTH), 404)
     assert_error(api.delete("/admin/experts/nope", headers=AUTH), 404)
 

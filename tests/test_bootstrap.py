@@ -26,7 +26,10 @@ def _dataset(root: Path) -> Path:
     tiny = root / "datasets" / "tiny"
     (tiny / "qrels").mkdir(parents=True)
     (tiny / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in DOCS))
-    benchmark = {"experts": {"tiny": {"train": "qrels/train.tsv", "test": "qrels/test.tsv"}}, "zero_shot": {}}
+    benchmark = {
+        "experts": {"tiny": {"train": "qrels/train.tsv", "test": "qrels/test.tsv"}},
+        "zero_shot": {},
+    }
     (root / "datasets" / "benchmark.json").write_text(json.dumps(benchmark))
     return root / "datasets"
 
@@ -38,18 +41,25 @@ def _wait_ready(client: TestClient) -> None:
         time.sleep(0.1)
 
 
-def test_first_start_indexes_corpora_and_restart_reuses_them(settings, tmp_path: Path, adapter_a: Path) -> None:
+def test_first_start_indexes_corpora_and_restart_reuses_them(
+    settings, tmp_path: Path, adapter_a: Path
+) -> None:
     settings.datasets_dir = _dataset(tmp_path)
     settings.cache_dir = tmp_path / "cache"
     pilots = np.ones((1, 384), dtype=np.float32) / np.sqrt(384)
     write_expert(
-        settings.experts_dir, "tiny", (adapter_a / "adapter_config.json").read_bytes(),
-        (adapter_a / "adapter_model.safetensors").read_bytes(), pilots,
+        settings.experts_dir,
+        "tiny",
+        (adapter_a / "adapter_config.json").read_bytes(),
+        (adapter_a / "adapter_model.safetensors").read_bytes(),
+        pilots,
     )
     with TestClient(create_app(settings)) as client:
         _wait_ready(client)
         assert client.get("/v1/experts/tiny").json()["documents"] == 3
-        hits = client.post("/v1/search", json={"query": "python dict sort by value", "expert": "base"}).json()["hits"]
+        hits = client.post(
+            "/v1/search", json={"query": "python dict sort by value", "expert": "base"}
+        ).json()["hits"]
         assert hits[0]["id"] == "d2" and hits[0]["title"] == "Sorting"
         generation = client.app.state.ctx.indexes.get("tiny").generation
     with TestClient(create_app(settings)) as client:

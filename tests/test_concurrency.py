@@ -14,19 +14,32 @@ from tests.helpers import AUTH, adapter_files, live_server
 
 pytestmark = pytest.mark.slow
 
-QUERIES = ["python sort dict by value", "wing boundary layer transition", "vitamin d and bone density"]
+QUERIES = [
+    "python sort dict by value",
+    "wing boundary layer transition",
+    "vitamin d and bone density",
+]
 
 
-def test_searches_during_expert_churn_never_fail(settings, adapter_a: Path, adapter_b: Path) -> None:
+def test_searches_during_expert_churn_never_fail(
+    settings, adapter_a: Path, adapter_b: Path
+) -> None:
     with live_server(settings) as (url, _):
         with httpx.Client(base_url=url, timeout=60) as admin:
             register = admin.post(
-                "/admin/experts", headers=AUTH, files=adapter_files(adapter_a),
+                "/admin/experts",
+                headers=AUTH,
+                files=adapter_files(adapter_a),
                 data={"name": "stable", "pilot_queries": json.dumps(QUERIES[1:2])},
             )
             assert register.status_code == 201
-            docs = {"documents": [{"id": f"s{i}", "text": f"airfoil document {i}"} for i in range(20)]}
-            assert admin.put("/admin/experts/stable/documents", headers=AUTH, json=docs).status_code == 200
+            docs = {
+                "documents": [{"id": f"s{i}", "text": f"airfoil document {i}"} for i in range(20)]
+            }
+            assert (
+                admin.put("/admin/experts/stable/documents", headers=AUTH, json=docs).status_code
+                == 200
+            )
 
         statuses: Counter[tuple[str, int]] = Counter()
         done = threading.Event()
@@ -52,12 +65,23 @@ def test_searches_during_expert_churn_never_fail(settings, adapter_a: Path, adap
                 for cycle in range(6):
                     adapter = adapter_b if cycle % 2 else adapter_a
                     response = admin.post(
-                        "/admin/experts", headers=AUTH, files=adapter_files(adapter),
+                        "/admin/experts",
+                        headers=AUTH,
+                        files=adapter_files(adapter),
                         data={"name": "churn", "pilot_queries": json.dumps(QUERIES[:1])},
                     )
                     assert response.status_code == 201, response.text
-                    docs = {"documents": [{"id": f"c{cycle}-{i}", "text": f"code sample {i}"} for i in range(10)]}
-                    assert admin.put("/admin/experts/churn/documents", headers=AUTH, json=docs).status_code == 200
+                    docs = {
+                        "documents": [
+                            {"id": f"c{cycle}-{i}", "text": f"code sample {i}"} for i in range(10)
+                        ]
+                    }
+                    assert (
+                        admin.put(
+                            "/admin/experts/churn/documents", headers=AUTH, json=docs
+                        ).status_code
+                        == 200
+                    )
                     assert admin.delete("/admin/experts/churn", headers=AUTH).status_code == 204
         finally:
             done.set()

@@ -43,13 +43,21 @@ def gateways(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[Gatewa
 
 def register(gateway: Gateway, name: str, adapter: Path, queries=CODE_QUERIES) -> httpx.Response:
     return httpx.post(
-        gateway.url + "/admin/experts", headers=AUTH, files=adapter_files(adapter),
-        data={"name": name, "pilot_queries": json.dumps(queries)}, timeout=60,
+        gateway.url + "/admin/experts",
+        headers=AUTH,
+        files=adapter_files(adapter),
+        data={"name": name, "pilot_queries": json.dumps(queries)},
+        timeout=60,
     )
 
 
 def upsert(gateway: Gateway, name: str, docs: list[dict]) -> httpx.Response:
-    return httpx.put(f"{gateway.url}/admin/experts/{name}/documents", headers=AUTH, json={"documents": docs}, timeout=60)
+    return httpx.put(
+        f"{gateway.url}/admin/experts/{name}/documents",
+        headers=AUTH,
+        json={"documents": docs},
+        timeout=60,
+    )
 
 
 def search(gateway: Gateway, query: str, **options) -> httpx.Response:
@@ -77,7 +85,9 @@ def test_changes_through_one_gateway_reach_the_other(gateways, adapter_a: Path) 
     assert wait_for(lambda: route()["expert"] == "code", 1.0) < 1.0
     assert search(b, "python sort dict").json()["routing"]["expert"] == "code"
 
-    docs = [{"id": "d1", "text": "def sort_by_value(d): return sorted(d.items(), key=lambda kv: kv[1])"}]
+    docs = [
+        {"id": "d1", "text": "def sort_by_value(d): return sorted(d.items(), key=lambda kv: kv[1])"}
+    ]
     assert upsert(b, "code", docs).json() == {"inserted": 1, "updated": 0}
     wait_for(lambda: [h["id"] for h in search(a, "python sort dict").json()["hits"]] == ["d1"], 1.0)
 
@@ -89,7 +99,9 @@ def test_changes_through_one_gateway_reach_the_other(gateways, adapter_a: Path) 
     assert search(b, "x", expert="code").status_code == 404
 
 
-def test_redis_outage_keeps_searches_and_pauses_admin_writes(gateways, redis_server, adapter_a, adapter_b) -> None:
+def test_redis_outage_keeps_searches_and_pauses_admin_writes(
+    gateways, redis_server, adapter_a, adapter_b
+) -> None:
     a, b = gateways
     assert register(a, "code", adapter_a).status_code == 201
     assert upsert(a, "code", [{"id": "d1", "text": "python dictionary sorting"}]).status_code == 200
@@ -130,7 +142,7 @@ def test_redis_outage_keeps_searches_and_pauses_admin_writes(gateways, redis_ser
     for gateway in (a, b):
         hits = search(gateway, "lost?", expert="code", k=10).json()["hits"]
         assert "d2" not in {h["id"] for h in hits}
-    assert 'rr_replication_connected 1.0' in httpx.get(a.url + "/metrics").text
+    assert "rr_replication_connected 1.0" in httpx.get(a.url + "/metrics").text
 
 
 def test_killed_gateway_catches_up_on_restart(gateways, adapter_a: Path) -> None:
@@ -138,7 +150,12 @@ def test_killed_gateway_catches_up_on_restart(gateways, adapter_a: Path) -> None
     assert register(a, "code", adapter_a).status_code == 201
     wait_for(lambda: "code" in expert_names(b), 2.0)
     b.kill()
-    assert upsert(a, "code", [{"id": f"n{i}", "text": f"new python snippet {i}"} for i in range(5)]).status_code == 200
+    assert (
+        upsert(
+            a, "code", [{"id": f"n{i}", "text": f"new python snippet {i}"} for i in range(5)]
+        ).status_code
+        == 200
+    )
     assert register(a, "later", adapter_a, ["aircraft wings"]).status_code == 201
     b.start()  # readyz waits until the change log is caught up
     assert sorted(expert_names(b)) == ["code", "later"]
@@ -166,5 +183,11 @@ def test_shared_cache_hits_and_invalidation(gateways, adapter_a: Path, adapter_b
 
     assert httpx.delete(a.url + "/admin/experts/code", headers=AUTH).status_code == 204
     assert register(a, "code", adapter_b).status_code == 201  # same name, new weights
-    wait_for(lambda: httpx.post(b.url + "/v1/embeddings", json=query).status_code == 200
-             and httpx.post(b.url + "/v1/embeddings", json=query).json()["data"][0]["embedding"] != first, 2.0)
+    wait_for(
+        lambda: (
+            httpx.post(b.url + "/v1/embeddings", json=query).status_code == 200
+            and httpx.post(b.url + "/v1/embeddings", json=query).json()["data"][0]["embedding"]
+            != first
+        ),
+        2.0,
+    )

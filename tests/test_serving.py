@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.app import create_app
 from app.encoder import LoraEncoder
 from tests.helpers import AUTH, adapter_files, live_server
 
@@ -25,21 +24,36 @@ DOMAINS = {
     "med": ["symptoms of vitamin d deficiency", "treatment of high blood pressure"],
 }
 QUERIES = [
-    "boundary layer on a delta wing", "hypersonic heat shield", "python reverse a list",
-    "regex for email in python", "statin side effects", "insulin dosage for type 2 diabetes",
-    "transonic buffet", "list comprehension with condition", "migraine treatment",
+    "boundary layer on a delta wing",
+    "hypersonic heat shield",
+    "python reverse a list",
+    "regex for email in python",
+    "statin side effects",
+    "insulin dosage for type 2 diabetes",
+    "transonic buffet",
+    "list comprehension with condition",
+    "migraine treatment",
 ]
 
 
 def _register_all(client, adapters: dict[str, Path]) -> None:
     for name, examples in DOMAINS.items():
         response = client.post(
-            "/admin/experts", headers=AUTH, files=adapter_files(adapters[name]),
+            "/admin/experts",
+            headers=AUTH,
+            files=adapter_files(adapters[name]),
             data={"name": name, "pilot_queries": json.dumps(examples)},
         )
         assert response.status_code == 201, response.text
-        docs = {"documents": [{"id": f"{name}-{i}", "text": f"{q} (document {i})"} for i, q in enumerate(QUERIES)]}
-        assert client.put(f"/admin/experts/{name}/documents", headers=AUTH, json=docs).status_code == 200
+        docs = {
+            "documents": [
+                {"id": f"{name}-{i}", "text": f"{q} (document {i})"} for i, q in enumerate(QUERIES)
+            ]
+        }
+        assert (
+            client.put(f"/admin/experts/{name}/documents", headers=AUTH, json=docs).status_code
+            == 200
+        )
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +63,9 @@ def three_adapters(adapters_root: str) -> dict[str, Path]:
     return {name: make_adapter(10 + i, adapters_root) for i, name in enumerate(DOMAINS)}
 
 
-def test_concurrent_mixed_traffic_is_embedded_by_the_reported_expert(settings, three_adapters) -> None:
+def test_concurrent_mixed_traffic_is_embedded_by_the_reported_expert(
+    settings, three_adapters
+) -> None:
     settings.max_wait_ms = 5.0  # encourage mixed batches
     with live_server(settings) as (url, app):
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -60,10 +76,14 @@ def test_concurrent_mixed_traffic_is_embedded_by_the_reported_expert(settings, t
         def worker(offset: int) -> None:
             with httpx.Client(base_url=url, timeout=60) as client:
                 for i in range(12):
-                    text = f"{QUERIES[(offset + i) % len(QUERIES)]} #{offset}-{i}"  # defeat the cache
+                    text = (
+                        f"{QUERIES[(offset + i) % len(QUERIES)]} #{offset}-{i}"  # defeat the cache
+                    )
                     body = client.post("/v1/embeddings", json={"input": text}).json()
                     with lock:
-                        results.append((text, body["data"][0]["expert"], body["data"][0]["embedding"]))
+                        results.append(
+                            (text, body["data"][0]["expert"], body["data"][0]["embedding"])
+                        )
 
         threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
         for thread in threads:
@@ -90,7 +110,9 @@ def test_batch_search_equals_single_searches(client: TestClient, three_adapters)
         single = client.post("/v1/search", json={"query": query, "k": 3}).json()
         assert single["routing"]["expert"] == batched["routing"]["expert"]
         assert [h["id"] for h in single["hits"]] == [h["id"] for h in batched["hits"]]
-        assert np.allclose([h["score"] for h in single["hits"]], [h["score"] for h in batched["hits"]], atol=1e-5)
+        assert np.allclose(
+            [h["score"] for h in single["hits"]], [h["score"] for h in batched["hits"]], atol=1e-5
+        )
 
 
 def test_full_queue_answers_429_with_retry_after(settings) -> None:
@@ -125,10 +147,14 @@ def test_full_queue_answers_429_with_retry_after(settings) -> None:
     assert all(retry == "1" for code, retry in statuses if code == 429)
 
 
-def test_cache_hits_and_invalidation_on_re_add(client: TestClient, adapter_a: Path, adapter_b: Path) -> None:
+def test_cache_hits_and_invalidation_on_re_add(
+    client: TestClient, adapter_a: Path, adapter_b: Path
+) -> None:
     def register(adapter: Path) -> None:
         response = client.post(
-            "/admin/experts", headers=AUTH, files=adapter_files(adapter),
+            "/admin/experts",
+            headers=AUTH,
+            files=adapter_files(adapter),
             data={"name": "swap", "pilot_queries": '["anything at all"]'},
         )
         assert response.status_code == 201

@@ -21,7 +21,9 @@ def shapes() -> dict[str, tuple[int, int]]:
 
 
 def _files(path: Path) -> tuple[bytes, bytes]:
-    return (path / "adapter_config.json").read_bytes(), (path / "adapter_model.safetensors").read_bytes()
+    return (path / "adapter_config.json").read_bytes(), (
+        path / "adapter_model.safetensors"
+    ).read_bytes()
 
 
 def test_real_adapter_passes(adapter_a: Path, shapes) -> None:

@@ -19,26 +19,41 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "rr_http_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
+            "rr_http_requests",
+            "HTTP requests",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "rr_http_request_seconds", "HTTP latency", ["route"], buckets=LATENCY_BUCKETS,
+            "rr_http_request_seconds",
+            "HTTP latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.searches = Counter(
-            "rr_search_queries", "Queries searched, by the expert that encoded them", ["expert"],
+            "rr_search_queries",
+            "Queries searched, by the expert that encoded them",
+            ["expert"],
             registry=self.registry,
         )
         self.search_latency = Histogram(
-            "rr_search_seconds", "Search latency by routed expert", ["expert"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "rr_search_seconds",
+            "Search latency by routed expert",
+            ["expert"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.routing = Counter(
-            "rr_routing_decisions", "Routing decisions by chosen expert", ["expert"],
+            "rr_routing_decisions",
+            "Routing decisions by chosen expert",
+            ["expert"],
             registry=self.registry,
         )
         self.fallbacks = Counter(
-            "rr_routing_fallbacks", "Queries that fell back to the base encoder", registry=self.registry
+            "rr_routing_fallbacks",
+            "Queries that fell back to the base encoder",
+            registry=self.registry,
         )
 
     def observe_routing(self, decisions: Iterable[Any]) -> None:
@@ -68,8 +83,12 @@ class _StateCollector:
             return
         stats = ctx.encoder.stats
         yield CounterMetricFamily("rr_adapter_loads", "LoRA adapters loaded", value=stats.loads)
-        yield CounterMetricFamily("rr_adapter_evictions", "LoRA adapters evicted", value=stats.evictions)
-        yield GaugeMetricFamily("rr_adapters_resident", "Adapters loaded", value=len(ctx.encoder.resident()))
+        yield CounterMetricFamily(
+            "rr_adapter_evictions", "LoRA adapters evicted", value=stats.evictions
+        )
+        yield GaugeMetricFamily(
+            "rr_adapters_resident", "Adapters loaded", value=len(ctx.encoder.resident())
+        )
         depth = GaugeMetricFamily("rr_queue_depth", "Rows waiting per batcher", labels=["batcher"])
         batches = CounterMetricFamily("rr_batches", "Batches run per batcher", labels=["batcher"])
         for batcher in (ctx.encoder_batcher, ctx.search_batcher):
@@ -93,10 +112,14 @@ class _StateCollector:
         yield misses
         lookups = ctx.cache.hits + ctx.cache.misses
         ratio = (ctx.cache.hits + (shared.hits if shared else 0)) / lookups if lookups else 0.0
-        yield GaugeMetricFamily("rr_cache_hit_ratio", "Share of lookups served from a cache", value=ratio)
+        yield GaugeMetricFamily(
+            "rr_cache_hit_ratio", "Share of lookups served from a cache", value=ratio
+        )
         if shared is not None:
             yield CounterMetricFamily(
-                "rr_shared_cache_bypassed", "Lookups that skipped Redis (unreachable)", value=shared.bypassed
+                "rr_shared_cache_bypassed",
+                "Lookups that skipped Redis (unreachable)",
+                value=shared.bypassed,
             )
 
         sizes = GaugeMetricFamily("rr_index_documents", "Documents per index", labels=["index"])
@@ -109,10 +132,24 @@ class _StateCollector:
 
         follower = getattr(replication, "follower", None)
         if follower is not None:
-            yield GaugeMetricFamily("rr_replication_lag_seconds", "Age of the last applied change when applied", value=follower.lag_s)
-            yield CounterMetricFamily("rr_replication_applied", "Change-log entries applied", value=follower.applied)
-            yield GaugeMetricFamily("rr_replication_connected", "Change log reachable (1) or not (0)", value=float(follower.connected))
-            yield GaugeMetricFamily("rr_replication_caught_up", "Caught up with the change log", value=float(follower.caught_up))
+            yield GaugeMetricFamily(
+                "rr_replication_lag_seconds",
+                "Age of the last applied change when applied",
+                value=follower.lag_s,
+            )
+            yield CounterMetricFamily(
+                "rr_replication_applied", "Change-log entries applied", value=follower.applied
+            )
+            yield GaugeMetricFamily(
+                "rr_replication_connected",
+                "Change log reachable (1) or not (0)",
+                value=float(follower.connected),
+            )
+            yield GaugeMetricFamily(
+                "rr_replication_caught_up",
+                "Caught up with the change log",
+                value=float(follower.caught_up),
+            )
 
 
 class RequestMetrics:

@@ -7,9 +7,9 @@ import logging
 import time
 import uuid
 
-from app.logs import request_id as current_request_id
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.logs import request_id as current_request_id
 
 
 class BodySizeLimit:
@@ -55,7 +55,10 @@ class BodySizeLimit:
         body = json.dumps(
             {"error": {"code": "payload_too_large", "message": f"body over {self.limit} bytes"}}
         ).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -91,7 +94,10 @@ class RequestId:
             await self.app(scope, receive, send_with_id)
         finally:
             access_log.info(
-                "%s %s %s", scope["method"], scope["path"], status,
+                "%s %s %s",
+                scope["method"],
+                scope["path"],
+                status,
                 extra={"status": status, "ms": round((time.perf_counter() - started) * 1000, 2)},
             )
             current_request_id.reset(token)

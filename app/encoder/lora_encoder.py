@@ -139,9 +139,7 @@ class LoraEncoder:
         started = time.perf_counter()
         result = self.model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
         missing = [k for k in getattr(result, "missing_keys", []) if f".{name}." in k]
-        applied = sum(
-            1 for m in self.model.modules() if name in getattr(m, "lora_A", {})
-        )
+        applied = sum(1 for m in self.model.modules() if name in getattr(m, "lora_A", {}))
         if missing or applied == 0:
             # Never serve base-model vectors under an expert's name.
             self.model.delete_adapter(name)

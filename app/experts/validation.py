@@ -93,7 +93,9 @@ def validate_adapter(
         raise InvalidAdapter(f"modules missing lora_A or lora_B: {incomplete[:3]}")
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else list(targets)
-    stray = sorted(m for m in parts if not any(m.split(".")[-1] == t or m.endswith(t) for t in targets))
+    stray = sorted(
+        m for m in parts if not any(m.split(".")[-1] == t or m.endswith(t) for t in targets)
+    )
     if targets and stray:
         raise InvalidAdapter(f"weights for modules not in target_modules: {stray[:3]}")
     _check_finite(model_bytes)

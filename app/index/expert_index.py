@@ -129,8 +129,15 @@ class ExpertIndex:
                         old_rows.append(previous[0])
                         db.execute("DELETE FROM docs WHERE rowid=?", (previous[0],))
                     cursor = db.execute(
-                        "INSERT INTO docs (id, title, text, metadata, embedding) VALUES (?,?,?,?,?)",
-                        (doc.id, doc.title, doc.text, json.dumps(doc.metadata), embeddings[i].tobytes()),
+                        "INSERT INTO docs (id, title, text, metadata, embedding) "
+                        "VALUES (?,?,?,?,?)",
+                        (
+                            doc.id,
+                            doc.title,
+                            doc.text,
+                            json.dumps(doc.metadata),
+                            embeddings[i].tobytes(),
+                        ),
                     )
                     new_rows.append((cursor.lastrowid, i))
                 self._bump_generation()
@@ -205,7 +212,9 @@ class ExpertIndex:
             return {}
         columns = "rowid, id, title, text, metadata" if with_text else "rowid, id"
         marks = ",".join("?" * len(rowids))
-        rows = self._db.execute(f"SELECT {columns} FROM docs WHERE rowid IN ({marks})", list(rowids))
+        rows = self._db.execute(
+            f"SELECT {columns} FROM docs WHERE rowid IN ({marks})", list(rowids)
+        )
         return {row[0]: row for row in rows}
 
     def _hit(self, row: tuple, score: float, with_text: bool) -> Hit:

@@ -92,7 +92,9 @@ def from_fields(fields: dict[Any, bytes]) -> Change:
     if kind == ExpertRemoved.kind:
         return ExpertRemoved(name)
     if kind == DocumentsUpserted.kind:
-        docs = [Document(i, text, title, meta) for i, title, text, meta in json.loads(f["documents"])]
+        docs = [
+            Document(i, text, title, meta) for i, title, text, meta in json.loads(f["documents"])
+        ]
         embeddings = np.load(io.BytesIO(f["embeddings"]), allow_pickle=False)
         return DocumentsUpserted(name, docs, embeddings)
     if kind == DocumentDeleted.kind:

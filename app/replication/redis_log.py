@@ -64,10 +64,14 @@ class RedisChangeLog:
                 raise NotFound(f"expert {change.name!r} not found") from None
             raise
         except redis_errors() as exc:
-            raise Unavailable("shared state (Redis) is unavailable: admin writes are paused") from exc
+            raise Unavailable(
+                "shared state (Redis) is unavailable: admin writes are paused"
+            ) from exc
         return entry.decode() if isinstance(entry, bytes) else str(entry)
 
-    async def read(self, after: str, block_ms: int | None, count: int = 64) -> list[tuple[str, Change]]:
+    async def read(
+        self, after: str, block_ms: int | None, count: int = 64
+    ) -> list[tuple[str, Change]]:
         reply = await self.client.xread({self.stream: after}, count=count, block=block_ms)
         entries = []
         for _stream, items in reply or []:

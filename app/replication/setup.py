@@ -69,13 +69,19 @@ async def start_replication(ctx: ServiceContext) -> Replication:
     follower.start()
     shared = SharedEmbeddingCache(client, ctx.encoder.dim, settings.redis_cache_ttl_s)
     replication = Replication(
-        ReplicatedSink(changelog, follower), follower, changelog, shared, [client, follower_log.client]
+        ReplicatedSink(changelog, follower),
+        follower,
+        changelog,
+        shared,
+        [client, follower_log.client],
     )
     replication._seeding = asyncio.create_task(_seed_local_experts(ctx, changelog, follower))
     return replication
 
 
-async def _seed_local_experts(ctx: ServiceContext, changelog: RedisChangeLog, follower: Follower) -> None:
+async def _seed_local_experts(
+    ctx: ServiceContext, changelog: RedisChangeLog, follower: Follower
+) -> None:
     """Publish experts that exist only on this gateway's disk (e.g. shipped in the image)."""
     while True:
         try:

@@ -64,7 +64,9 @@ class SharedEmbeddingCache:
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for text, version, vector in items:
-                    pipe.set(self._key(text, version), vector.astype(np.float32).tobytes(), ex=self.ttl_s)
+                    pipe.set(
+                        self._key(text, version), vector.astype(np.float32).tobytes(), ex=self.ttl_s
+                    )
                 await pipe.execute()
         except redis_errors() as exc:
             self._pause(exc)

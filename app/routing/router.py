@@ -47,7 +47,9 @@ class Router:
             [threshold if limits.get(n) is None else float(limits[n]) for n in self.names],  # type: ignore[arg-type]
             dtype=np.float32,
         )
-        blocks = [np.asarray(pilots[n], dtype=np.float32).reshape(-1, _dim(pilots)) for n in self.names]
+        blocks = [
+            np.asarray(pilots[n], dtype=np.float32).reshape(-1, _dim(pilots)) for n in self.names
+        ]
         self.counts = np.array([len(b) for b in blocks], dtype=np.int64)
         self.matrix = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)

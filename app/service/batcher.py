@@ -93,7 +93,11 @@ class MicroBatcher:
         with self._cond:
             if self._closed:
                 raise Overloaded(f"{self.name} is shutting down")
-            if exclusive is None and self._pending_rows + size > self.max_pending and self._pending_rows:
+            if (
+                exclusive is None
+                and self._pending_rows + size > self.max_pending
+                and self._pending_rows
+            ):
                 self.stats.rejected += 1
                 raise Overloaded(f"{self.name} queue is full ({self._pending_rows} rows waiting)")
             self._pending_rows += size

@@ -43,7 +43,9 @@ class ServiceContext:
             batch_size=settings.encode_batch_size,
             precision=precision,
         )
-        indexes = IndexStore(settings.indexes_dir, encoder.dim, settings.index_kind, settings.hnsw_m)
+        indexes = IndexStore(
+            settings.indexes_dir, encoder.dim, settings.index_kind, settings.hnsw_m
+        )
         for orphan in set(indexes.open_existing()) - set(experts):
             # An expert deleted by a process that crashed before dropping its index.
             log.warning("dropping index %r: its expert no longer exists", orphan)

@@ -18,8 +18,8 @@ from app.encoder import BASE
 from app.errors import InvalidInput, NotFound
 from app.experts.names import AUTO, BASE_EXPERT, check_name
 from app.index import Hit
-from app.routing import Router, RoutingDecision
 from app.replication.shared_cache import SharedEmbeddingCache
+from app.routing import Router, RoutingDecision
 from app.service.batched_work import EncodeJob, SearchJob
 from app.service.context import ServiceContext
 
@@ -127,9 +127,7 @@ class RetrievalService:
                 out[i] = row
                 cache.put(texts[i], versions[i], row.copy())  # not a view of the whole batch
             if self.shared_cache is not None:
-                await self.shared_cache.put_many(
-                    [(texts[i], versions[i], out[i]) for i in missing]
-                )
+                await self.shared_cache.put_many([(texts[i], versions[i], out[i]) for i in missing])
         return out
 
     async def route(self, queries: Sequence[str]) -> list[RoutingDecision]:
@@ -154,7 +152,9 @@ class RetrievalService:
         with self.ctx.registry.routed_lease(choose) as chosen:
             routed = [i for i, e in enumerate(chosen) if e != BASE_EXPERT]
             if routed:
-                base[routed] = await self._encode([texts[i] for i in routed], [chosen[i] for i in routed])
+                base[routed] = await self._encode(
+                    [texts[i] for i in routed], [chosen[i] for i in routed]
+                )
         return [Embedding(v, e) for v, e in zip(base, chosen, strict=True)]
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
@@ -190,7 +190,12 @@ class RetrievalService:
             t_search = time.perf_counter()
             ranked = await self._search_plans(plans, vectors, options)
             search_ms = _ms(t_search)
-        timing = {"route": route_ms, "encode": encode_ms, "search": search_ms, "total": _ms(started)}
+        timing = {
+            "route": route_ms,
+            "encode": encode_ms,
+            "search": search_ms,
+            "total": _ms(started),
+        }
         return [
             SearchResult(hits, decision, timing)
             for hits, decision in zip(ranked, decisions, strict=True)
@@ -227,7 +232,7 @@ class RetrievalService:
         # Group every (query, expert) vector by the index it must search, then one batched
         # FAISS call per index.
         jobs: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for (qi, expert) in vectors:
+        for qi, expert in vectors:
             for index in self._targets(expert, options):
                 jobs[index].append((qi, expert))
         per_index = await asyncio.gather(
@@ -258,7 +263,9 @@ class RetrievalService:
     ) -> dict[tuple[int, str], list[Hit]]:
         try:
             self.ctx.indexes.get(name)
-            job = SearchJob(name, np.stack([vectors[key] for key in keys]), options.k, options.include_text)
+            job = SearchJob(
+                name, np.stack([vectors[key] for key in keys]), options.k, options.include_text
+            )
             hits = await self.ctx.search_batcher.submit(job, size=len(keys))
         except NotFound:
             if name == options.index:
@@ -281,7 +288,4 @@ class RetrievalService:
                 fused[key] += 1.0 / (RRF_K + rank + 1)
                 first_seen.setdefault(key, RankedHit(hit, 0.0, expert))
         best = sorted(fused, key=lambda key: -fused[key])[:k]
-        return [
-            RankedHit(first_seen[key].hit, fused[key], first_seen[key].expert)
-            for key in best
-        ]
+        return [RankedHit(first_seen[key].hit, fused[key], first_seen[key].expert) for key in best]

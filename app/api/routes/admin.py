@@ -15,7 +15,10 @@ from app.errors import InvalidAdapter, InvalidInput
 from app.index import Document
 
 router = APIRouter(
-    prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=ERROR_RESPONSES
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses=ERROR_RESPONSES,
 )
 
 
