@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # cosine >= 0.99997), else fp32 (bf16 without AMX is slower).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
+    # Experts whose LoRA starts at this layer or above reuse the routing pass's hidden
+    # states and run only the top layers (MiniLM has 6; None disables reuse).
+    reuse_layer: int | None = Field(default=4, ge=1, le=11)
+
     # Micro-batching: rows per batched forward pass, how long the worker waits for more
     # work before running a partial batch, and the queue bound past which requests get 429.
     max_batch: int = Field(default=64, ge=1)

@@ -18,18 +18,28 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @cache
-def make_adapter(seed: int, root: str, targets: tuple[str, ...] = ("query", "value")) -> Path:
+def make_adapter(
+    seed: int,
+    root: str,
+    targets: tuple[str, ...] = ("query", "value"),
+    layers: tuple[int, ...] | None = None,
+) -> Path:
     """A real peft LoRA over the real base model with random (non-identity) weights."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from app.encoder.base_model import load_base_model
 
-    out = Path(root) / f"adapter-{seed}-{'-'.join(targets)}"
+    suffix = "" if layers is None else "-layers-" + "-".join(map(str, layers))
+    out = Path(root) / f"adapter-{seed}-{'-'.join(targets)}{suffix}"
     if not (out / "adapter_model.safetensors").exists():
         torch.manual_seed(seed)
         config = LoraConfig(
-            r=8, lora_alpha=32, target_modules=list(targets), init_lora_weights=False
+            r=8,
+            lora_alpha=32,
+            target_modules=list(targets),
+            layers_to_transform=list(layers) if layers else None,
+            init_lora_weights=False,
         )
         get_peft_model(load_base_model("cpu"), config).save_pretrained(str(out))
     return out

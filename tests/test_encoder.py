@@ -100,3 +100,21 @@ def test_adapter_that_does_not_apply_fails_loudly(adapter_a: Path, tmp_path: Pat
     with pytest.raises((InvalidAdapter, ValueError)):
         pool.encode(["text"], ["broken"])
     assert pool.resident() == []
+
+
+def test_top_layer_expert_reuses_the_routing_pass(adapters_root: str, adapter_a: Path) -> None:
+    from tests.helpers import make_adapter
+
+    top = make_adapter(7, adapters_root, layers=(4, 5))
+    dirs = {"top": top, "all": adapter_a}
+    reference = LoraEncoder(lambda name: dirs[name]).encode(TEXTS, ["top"] * len(TEXTS))
+    encoder = LoraEncoder(lambda name: dirs[name], reuse_layer=4)
+    encoder.encode(["warm"], ["top"])  # resident: the base pass now keeps hidden states
+    base = encoder.encode(TEXTS)
+    reused = encoder.encode(TEXTS, ["top"] * len(TEXTS))
+    assert encoder.stats.reused_rows == len(TEXTS)
+    assert np.abs(reused - reference).max() <= 1e-5
+    assert np.abs(reused - base).max() > 0.05  # the top layers' adapter still applies
+    # An expert adapting the lower layers cannot start from the base pass's states.
+    encoder.encode(TEXTS, ["all"] * len(TEXTS))
+    assert encoder.stats.reused_rows == len(TEXTS)

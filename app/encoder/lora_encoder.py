@@ -7,6 +7,7 @@ switched per request (switching races under concurrency).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from app.errors import InvalidAdapter
 BASE = "__base__"  # peft's name for "no adapter" rows in a mixed batch
 # A permanent no-op adapter (B = 0) keeps the PeftModel valid when every expert is evicted.
 _ANCHOR = "__anchor__"
+_LAYER = re.compile(r"\.layer\.(\d+)\.")
 
 AdapterLocator = Callable[[str], Path]
 """Maps an expert name to the directory holding its adapter; raises NotFound if gone."""
@@ -39,11 +41,14 @@ class PoolStats:
     loads: int = 0
     evictions: int = 0
     last_load_ms: float = 0.0
+    reused_rows: int = 0  # expert rows that started from the routing pass's hidden states
 
 
 # A bucket may waste at most this share of its padded tokens: one long text must not pad a
 # whole batch of short queries to its length.
 MAX_PADDING_WASTE = 0.3
+# Only query-sized texts keep hidden states for reuse (documents never get an expert pass).
+MAX_REUSE_TOKENS = 128
 
 
 def length_buckets(lengths: Sequence[int], max_rows: int) -> list[np.ndarray]:
@@ -78,6 +83,8 @@ class LoraEncoder:
         max_seq_length: int = 256,
         batch_size: int = 64,
         precision: str = "fp32",
+        reuse_layer: int | None = None,
+        reuse_cache_tokens: int = 65_536,
     ) -> None:
         import torch
         from peft import LoraConfig, get_peft_model
@@ -95,6 +102,15 @@ class LoraEncoder:
         anchor = LoraConfig(r=1, lora_alpha=1, target_modules=["query"], init_lora_weights=True)
         self.model = get_peft_model(base, anchor, adapter_name=_ANCHOR).eval()
         self._resident: OrderedDict[str, None] = OrderedDict()
+        # Hidden-state reuse: an expert whose LoRA starts at layer >= reuse_layer sees the
+        # same input to that layer as the base model, so its pass can start there from the
+        # routing pass's hidden states (kept per text, unpadded, in an LRU bounded in tokens:
+        # 64k tokens x 384 floats ~ 100 MB).
+        self.reuse_layer = reuse_layer
+        self._first_layer: dict[str, int] = {}
+        self._hidden: OrderedDict[str, Any] = OrderedDict()
+        self._hidden_tokens = 0
+        self._hidden_capacity = reuse_cache_tokens
         self._lock = threading.RLock()
         self.stats = PoolStats()
 
@@ -125,6 +141,7 @@ class LoraEncoder:
             if name in self._resident:
                 self.model.delete_adapter(name)
                 del self._resident[name]
+                self._first_layer.pop(name, None)
 
     def _evict_down_to(self, size: int, keep: set[str]) -> None:
         for victim in [n for n in self._resident if n not in keep]:
@@ -132,6 +149,7 @@ class LoraEncoder:
                 break
             self.model.delete_adapter(victim)
             del self._resident[victim]
+            self._first_layer.pop(victim, None)
             self.stats.evictions += 1
 
     def _load(self, name: str) -> None:
@@ -145,6 +163,12 @@ class LoraEncoder:
             self.model.delete_adapter(name)
             raise InvalidAdapter(f"adapter of expert {name!r} did not apply to the base model")
         self.model.eval()
+        layers = [
+            int(m.group(1))
+            for path, module in self.model.named_modules()
+            if name in getattr(module, "lora_A", {}) and (m := _LAYER.search(path))
+        ]
+        self._first_layer[name] = min(layers) if layers else 0
         self._resident[name] = None
         self.stats.loads += 1
         self.stats.last_load_ms = (time.perf_counter() - started) * 1000
@@ -175,12 +199,43 @@ class LoraEncoder:
         lengths = [len(ids) for ids in tokens["input_ids"]]
         with self._lock:
             self.ensure_resident(adapters)
-            for rows in length_buckets(lengths, self.batch_size):
-                out[rows] = self._forward(tokens, rows, [adapters[i] for i in rows])
+            reusable = [i for i in range(len(texts)) if self._can_reuse(texts[i], adapters[i])]
+            skip = set(reusable)
+            full = np.array([i for i in range(len(texts)) if i not in skip], dtype=np.int64)
+            for bucket in length_buckets([lengths[i] for i in full], self.batch_size):
+                rows = full[bucket]
+                out[rows] = self._forward(texts, tokens, rows, [adapters[i] for i in rows])
+            for bucket in length_buckets([lengths[i] for i in reusable], self.batch_size):
+                rows = np.array(reusable, dtype=np.int64)[bucket]
+                out[rows] = self._forward_from_hidden(texts, rows, [adapters[i] for i in rows])
+            self.stats.reused_rows += len(reusable)
             self._evict_down_to(self.capacity, keep=set())
         return out
 
-    def _forward(self, tokens: Any, rows: np.ndarray, adapters: list[str]) -> np.ndarray:
+    def _reuse_possible(self) -> bool:
+        """Some resident expert starts at or above the reuse layer."""
+        layer = self.reuse_layer
+        return layer is not None and any(f >= layer for f in self._first_layer.values())
+
+    def _can_reuse(self, text: str, adapter: str) -> bool:
+        return (
+            self.reuse_layer is not None
+            and adapter != BASE
+            and self._first_layer.get(adapter, 0) >= self.reuse_layer
+            and text in self._hidden
+        )
+
+    def _autocast(self) -> Any:
+        torch = self._torch
+        return torch.autocast(
+            device_type="cuda" if self.device.startswith("cuda") else "cpu",
+            dtype=torch.bfloat16,
+            enabled=self.precision == "bf16",
+        )
+
+    def _forward(
+        self, texts: Sequence[str], tokens: Any, rows: np.ndarray, adapters: list[str]
+    ) -> np.ndarray:
         torch = self._torch
         batch = self.tokenizer.pad(
             {
@@ -189,11 +244,52 @@ class LoraEncoder:
             },
             return_tensors="pt",
         ).to(self.device)
-        autocast = torch.autocast(
-            device_type="cuda" if self.device.startswith("cuda") else "cpu",
-            dtype=torch.bfloat16,
-            enabled=self.precision == "bf16",
-        )
-        with torch.inference_mode(), autocast:
-            hidden = self.model(**batch, adapter_names=adapters).last_hidden_state
-            return mean_pool(hidden, batch["attention_mask"]).cpu().numpy()
+        keep = BASE in adapters and self._reuse_possible()
+        with torch.inference_mode(), self._autocast():
+            output = self.model(**batch, adapter_names=adapters, output_hidden_states=keep)
+            if keep:  # base rows: remember the input to the reuse layer
+                states = output.hidden_states[self.reuse_layer]
+                lengths = batch["attention_mask"].sum(dim=1).tolist()
+                for j, i in enumerate(rows):
+                    if adapters[j] == BASE and lengths[j] <= MAX_REUSE_TOKENS:
+                        self._remember(texts[i], states[j, : lengths[j]].clone())
+            return mean_pool(output.last_hidden_state, batch["attention_mask"]).cpu().numpy()
+
+    def _remember(self, text: str, state: Any) -> None:
+        previous = self._hidden.pop(text, None)
+        if previous is not None:
+            self._hidden_tokens -= len(previous)
+        self._hidden[text] = state
+        self._hidden_tokens += len(state)
+        while self._hidden_tokens > self._hidden_capacity:
+            _, dropped = self._hidden.popitem(last=False)
+            self._hidden_tokens -= len(dropped)
+
+    def _forward_from_hidden(
+        self, texts: Sequence[str], rows: np.ndarray, adapters: list[str]
+    ) -> np.ndarray:
+        """Run only the layers from `reuse_layer` up, from the base pass's hidden states."""
+        torch = self._torch
+        states = [self._hidden[texts[i]] for i in rows]
+        longest = max(len(h) for h in states)
+        hidden = states[0].new_zeros((len(states), longest, states[0].shape[-1]))
+        mask = torch.zeros((len(states), longest), dtype=torch.long, device=hidden.device)
+        for j, state in enumerate(states):
+            hidden[j, : len(state)] = state
+            mask[j, : len(state)] = 1
+        bert = self.model.get_base_model()
+        with (
+            torch.inference_mode(),
+            self._autocast(),
+            self.model._enable_peft_forward_hooks(adapter_names=adapters),
+        ):
+            extended, _ = bert._create_attention_masks(
+                attention_mask=mask,
+                encoder_attention_mask=None,
+                embedding_output=hidden,
+                encoder_hidden_states=None,
+                past_key_values=None,
+            )
+            for layer in bert.encoder.layer[self.reuse_layer :]:
+                hidden = layer(hidden, attention_mask=extended)
+            return mean_pool(hidden, mask).cpu().numpy()

@@ -42,6 +42,7 @@ class ServiceContext:
             max_seq_length=settings.max_seq_length,
             batch_size=settings.encode_batch_size,
             precision=precision,
+            reuse_layer=settings.reuse_layer,
         )
         indexes = IndexStore(
             settings.indexes_dir, encoder.dim, settings.index_kind, settings.hnsw_m
