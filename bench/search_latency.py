@@ -36,7 +36,7 @@ QUERIES = [
 ]
 
 
-def _make_adapter(seed: int, out: Path) -> tuple[bytes, bytes]:
+def _make_adapter(seed: int, out: Path, layers: list[int] | None = None) -> tuple[bytes, bytes]:
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -44,7 +44,11 @@ def _make_adapter(seed: int, out: Path) -> tuple[bytes, bytes]:
 
     torch.manual_seed(seed)
     config = LoraConfig(
-        r=8, lora_alpha=32, target_modules=["query", "value"], init_lora_weights=False
+        r=8,
+        lora_alpha=32,
+        target_modules=["query", "value"],
+        layers_to_transform=layers,  # None: every layer
+        init_lora_weights=False,
     )
     get_peft_model(load_base_model("cpu"), config).save_pretrained(str(out))
     return (out / "adapter_config.json").read_bytes(), (
@@ -92,6 +96,8 @@ def main(docs: int = 10_000, requests: int = 200, port: int = 8765) -> None:
         env = os.environ | {
             "RR_EXPERTS_DIR": str(root / "experts"),
             "RR_INDEXES_DIR": str(root / "indexes"),
+            # The queries repeat: without this most requests would be embedding-cache hits.
+            "RR_EMBEDDING_CACHE_SIZE": "0",
         }
         server = subprocess.Popen(
             [

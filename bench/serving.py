@@ -120,7 +120,13 @@ def repo_experts(experts_dir: Path) -> list[Path]:
 
 
 def build_experts(
-    root: Path, domains: list[Domain], source: str, docs: int, seed: int, pilot_queries: int
+    root: Path,
+    domains: list[Domain],
+    source: str,
+    docs: int,
+    seed: int,
+    pilot_queries: int,
+    lora_layers: list[int] | None = None,
 ) -> tuple[list[str], str]:
     """Fill root/experts and root/indexes; returns (expert names, description of source)."""
     from app.encoder import LoraEncoder
@@ -152,7 +158,7 @@ def build_experts(
     else:
         names = []
         for i, domain in enumerate(domains):
-            config, model = _make_adapter(seed + i, root / "adapters" / domain.name)
+            config, model = _make_adapter(seed + i, root / "adapters" / domain.name, lora_layers)
             sample = [domain.train[j] for j in rng.permutation(len(domain.train))[:pilot_queries]]
             pilot = encoder.encode(sample).mean(axis=0, keepdims=True)
             write_expert(
@@ -167,8 +173,8 @@ def build_experts(
         unused = f" (experts/ has only {len(trained)} of {len(domains)})" if trained else ""
         described = (
             f"{len(names)} synthetic experts{unused}, one per expert dataset: random-weight LoRA "
-            f"(r=8, query/value), pilot = base-encoder centroid of <= {pilot_queries} of the "
-            "dataset's train queries"
+            f"(r=8, query/value, layers {lora_layers or 'all'}), pilot = base-encoder centroid "
+            f"of <= {pilot_queries} of the dataset's train queries"
         )
     store = IndexStore(root / "indexes", encoder.dim)
     for name in names:
@@ -530,6 +536,13 @@ def main(
     ] = DEFAULT_DATASETS,
     out_dir: Annotated[Path, Opt(help="Where bench.md and bench.png go.")] = ROOT / "reports",
     seed: Annotated[int, Opt(help="Query order, adapters and index vectors.")] = 0,
+    lora_layers: Annotated[
+        str,
+        Opt(
+            help="Synthetic experts' LoRA layers: all, or e.g. 4,5 (top layers: the expert "
+            "pass starts from the routing pass's hidden states, RR_REUSE_LAYER)"
+        ),
+    ] = "all",
 ) -> None:
     """Run every variant, print the table and ratios, write reports/bench.md and bench.png."""
     if quick:
@@ -561,7 +574,8 @@ def main(
     with tempfile.TemporaryDirectory(prefix="rr-bench-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        names, source = build_experts(root, domains, experts, docs, seed, pilot_queries)
+        layers = None if lora_layers == "all" else _levels(lora_layers)
+        names, source = build_experts(root, domains, experts, docs, seed, pilot_queries, layers)
         print(f"built {source} in {time.perf_counter() - started:.0f}s", flush=True)
         one = names[0]
         bodies = {
