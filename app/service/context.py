@@ -44,6 +44,7 @@ class ServiceContext:
             precision=precision,
             reuse_layer=settings.reuse_layer,
         )
+        encoder.encode(["warm up"])  # the first forward pass is slow: not a user's request
         indexes = IndexStore(
             settings.indexes_dir, encoder.dim, settings.index_kind, settings.hnsw_m
         )
