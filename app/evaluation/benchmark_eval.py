@@ -198,6 +198,9 @@ def run_eval(
 
     service = ServiceIndexes([s for s in sets if s.in_domain])
     for data in sets:
+        if data.in_domain:  # every query on the base encoder, searching all indexes merged
+            everything = service.run(data, [BASE] * len(data.query_ids), k)
+            result.record(data.name, "service:base", everything, data.qrels)
         fixed: dict[str, Choice] = {BASE: BASE, **{f"expert:{n}": n for n in names}}
         if "multitask" in adapters:
             fixed["multitask"] = "multitask"
@@ -212,6 +215,9 @@ def run_eval(
                 result.record(
                     data.name, f"service:{method}", service.run(data, choices, k), data.qrels
                 )
+                if method in ("router_mean", "router_top2"):
+                    merged = service.run(data, choices, k, search_all=True)
+                    result.record(data.name, f"service_all:{method}", merged, data.qrels)
             if not top2:
                 accuracy = (
                     np.mean([c == data.name for c in choices])

@@ -68,7 +68,8 @@ def write_markdown(data: dict[str, Any], path: Path, notes: list[str]) -> None:
         lines += [f"## Per dataset, {metric} (paper setting)", ""]
         lines += _table(datasets, methods, lambda r, c, m=metric: data[m].get(r, {}).get(c))
         lines += [""]
-    service = sorted(m for m in data["ndcg@10"][in_domain[0]] if m.startswith("service:"))
+    prefixes = ("service:", "service_all:")
+    service = sorted(m for m in data["ndcg@10"][in_domain[0]] if m.startswith(prefixes))
     lines += ["## Service setting, nDCG@10 (in-domain; a wrong route is a miss)", ""]
     lines += _table(in_domain, service, lambda r, c: data["ndcg@10"][r].get(c))
     lines += [""]

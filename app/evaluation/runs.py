@@ -82,15 +82,20 @@ class ServiceIndexes:
             for rr, ss in zip(rows, scores, strict=True)
         ]
 
-    def run(self, dataset: EvalSet, choices: list[Choice], k: int = 100) -> Run:
-        """Only the query's own domain holds its relevant documents; others are namespaced."""
+    def run(
+        self, dataset: EvalSet, choices: list[Choice], k: int = 100, search_all: bool = False
+    ) -> Run:
+        """Only the query's own domain holds its relevant documents; others are namespaced.
+
+        `search_all`: the routed expert only encodes the query, which then searches every
+        index merged by score (a wrong route costs quality, not the whole answer).
+        """
         run: Run = {}
         for choice, rows in _groups(choices).items():
-            parts: list[tuple[str, str]] = (
-                [(choice[0], choice[0]), (choice[1], choice[1])]
-                if isinstance(choice, tuple)
-                else [("*" if choice == "base" else choice, choice)]
-            )
+            encoders = list(choice) if isinstance(choice, tuple) else [choice]
+            parts: list[tuple[str, str]] = [
+                ("*" if search_all or e == "base" else e, e) for e in encoders
+            ]
             hits: list[list[tuple[float, str, str]]] = [[] for _ in rows]
             for index, encoder in parts:
                 if index != "*" and index not in self.by_name:
@@ -99,10 +104,11 @@ class ServiceIndexes:
                 for slot, row_hits in enumerate(found):
                     hits[slot].extend(row_hits)
             for slot, i in enumerate(rows):
-                best = sorted(hits[slot], key=lambda h: -h[0])[:k]
-                ranking = {
-                    (doc if owner == dataset.name else f"{owner}::{doc}"): score
-                    for score, owner, doc in best
-                }
+                ranking: dict[str, float] = {}
+                for score, owner, doc in sorted(hits[slot], key=lambda h: -h[0]):
+                    key = doc if owner == dataset.name else f"{owner}::{doc}"
+                    ranking.setdefault(key, score)  # a document found twice keeps its best score
+                    if len(ranking) == k:
+                        break
                 run[dataset.query_ids[i]] = ranking or {MISS: 0.0}
         return run

@@ -263,6 +263,9 @@ def _notes() -> list[str]:
         "Paper setting: each query searches its own dataset's index; only the encoder is routed.",
         "Service setting (`service:` methods, in-domain sets only): a query routed to expert E "
         "searches E's index (wrong route = miss); a fallback searches all 10 indexes merged.",
+        "`service:base`: every query on the base encoder over all indexes merged. "
+        "`service_all:` methods: the routed expert encodes the query, which then searches all "
+        "indexes merged by score (a proposal: a wrong route costs quality, not the answer).",
         "Oracles choose among base and the 10 experts using the test labels (upper bounds).",
         "`router_mean[...-pilots]` are pilot-rule variants without fallback, for comparison.",
     ]
