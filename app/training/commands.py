@@ -124,7 +124,7 @@ def register(cli: typer.Typer) -> None:
     def train_multitask_command(
         benchmark: Path = typer.Option(None, help="benchmark.json (default: RR_DATASETS_DIR)."),
         out: Path = typer.Option(MULTITASK_DIR.parent, help="Directory receiving multitask/."),
-        max_steps: int = typer.Option(600),
+        max_steps: int = typer.Option(300),
         seed: int = typer.Option(None),
         cache_dir: Path = typer.Option(CACHE_DIR),
     ) -> None:
@@ -151,7 +151,7 @@ def register(cli: typer.Typer) -> None:
         k: int = typer.Option(1, help="Centroids per (domain, label) group."),
         aggregation: str = typer.Option("mean", help="Router aggregation used to calibrate."),
         percentile: float = typer.Option(5.0, help="Fallback threshold percentile."),
-        max_queries: int = typer.Option(500, help="Train queries scored per domain (cost cap)."),
+        max_queries: int = typer.Option(200, help="Train queries scored per domain (cost cap)."),
         experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
         cache_dir: Path = typer.Option(CACHE_DIR),
         report: Path = typer.Option(Path("reports/pilots.json"), help="Rule comparison output."),
