@@ -62,6 +62,7 @@ class MicroBatcher:
         max_batch: int = 64,
         max_wait_ms: float = 0.0,
         max_pending: int = 4096,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._process = process
@@ -72,6 +73,7 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._pending_rows = 0
         self._closed = False
+        self._on_start = on_start
         self.stats = BatcherStats()
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
@@ -143,6 +145,8 @@ class MicroBatcher:
             return batch
 
     def _run(self) -> None:
+        if self._on_start is not None:
+            self._on_start()  # per-thread set-up, e.g. torch's thread count
         while (batch := self._take()) is not None:
             live = [job for job in batch if not job.future.cancelled()]
             if not live:

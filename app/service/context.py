@@ -17,6 +17,12 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def _set_torch_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+
+
 @dataclass
 class ServiceContext:
     settings: Settings
@@ -61,7 +67,13 @@ class ServiceContext:
             encoder,
             registry,
             indexes,
-            MicroBatcher("encoder", encode_batch(encoder), settings.max_batch, **batching),
+            MicroBatcher(
+                "encoder",
+                encode_batch(encoder),
+                settings.max_batch,
+                on_start=lambda: _set_torch_threads(settings.torch_threads),
+                **batching,
+            ),
             MicroBatcher("search", search_batch(indexes), settings.max_batch, **batching),
             EmbeddingCache(settings.embedding_cache_size),
         )
