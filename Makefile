@@ -39,6 +39,17 @@ lint: install
 	$(VENV)/bin/ruff check app tests bench
 	$(VENV)/bin/ruff format --check app tests bench
 
+# Train the 10 domain experts, the multi-task baseline and the pilots from RR_DATASETS_DIR
+# (one torch thread per process: two on these shared cores made steps ~5x slower).
+experts: install
+	OMP_NUM_THREADS=1 $(RR) train-all --benchmark $(RR_DATASETS_DIR)/benchmark.json
+	OMP_NUM_THREADS=1 $(RR) train-multitask --benchmark $(RR_DATASETS_DIR)/benchmark.json
+	OMP_NUM_THREADS=1 $(RR) build-pilots --benchmark $(RR_DATASETS_DIR)/benchmark.json
+
+# The side-by-side evaluation (reports/eval.md, eval.json, plots).
+eval: install
+	OMP_NUM_THREADS=1 $(RR) eval --benchmark $(RR_DATASETS_DIR)/benchmark.json --out reports
+
 # Serving benchmark (issue-4 table, reports/bench.md + reports/bench.png); run on a quiet machine.
 bench: install redis
 	$(PY) -m bench.serving
