@@ -19,32 +19,16 @@ import httpx
 import typer
 
 from bench.cluster import TOKEN, Gateway, RedisServer
+from bench.search_latency import _make_adapter
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _adapter(root: Path) -> dict[str, tuple[str, bytes, str]]:
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from app.encoder.base_model import load_base_model
-
-    torch.manual_seed(0)
-    config = LoraConfig(
-        r=8, lora_alpha=32, target_modules=["query", "value"], init_lora_weights=False
-    )
-    get_peft_model(load_base_model("cpu"), config).save_pretrained(str(root / "adapter"))
+    config, model = _make_adapter(0, root / "adapter")
     return {
-        "adapter_config": (
-            "adapter_config.json",
-            (root / "adapter/adapter_config.json").read_bytes(),
-            "application/json",
-        ),
-        "adapter_model": (
-            "adapter_model.safetensors",
-            (root / "adapter/adapter_model.safetensors").read_bytes(),
-            "application/octet-stream",
-        ),
+        "adapter_config": ("adapter_config.json", config, "application/json"),
+        "adapter_model": ("adapter_model.safetensors", model, "application/octet-stream"),
     }
 
 

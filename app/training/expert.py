@@ -106,13 +106,7 @@ def result_metadata(
             "held_out": len(data.task.held_out),
             "synthetic": data.synthetic_count,
         },
-        "metrics": {
-            "held_out_ndcg@10_base": round(result.base_score, 5),
-            "held_out_ndcg@10_best": round(result.best_score, 5),
-            "best_step": result.best_step,
-            "train_seconds": round(result.seconds, 1),
-            "history": result.history,
-        },
+        "metrics": _metrics(result),
     }
 
 
@@ -181,13 +175,7 @@ def train_multitask(
     extra = {
         "datasets": [n for n, _, _ in sets],
         "training": config.to_json(),
-        "metrics": {
-            "held_out_ndcg@10_base": round(result.base_score, 5),
-            "held_out_ndcg@10_best": round(result.best_score, 5),
-            "best_step": result.best_step,
-            "train_seconds": round(result.seconds, 1),
-            "history": result.history,
-        },
+        "metrics": _metrics(result),
     }
     write_expert(
         out_dir,
@@ -200,3 +188,14 @@ def train_multitask(
         replace=True,
     )
     return extra
+
+
+def _metrics(result) -> dict:  # noqa: ANN001 - a TrainResult
+    """Training outcome as stored in expert.json."""
+    return {
+        "held_out_ndcg@10_base": round(result.base_score, 5),
+        "held_out_ndcg@10_best": round(result.best_score, 5),
+        "best_step": result.best_step,
+        "train_seconds": round(result.seconds, 1),
+        "history": result.history,
+    }
