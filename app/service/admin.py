@@ -8,7 +8,7 @@ applied by every gateway.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -43,13 +43,17 @@ class AdminService:
             raise NotFound(f"expert {name!r} not found")
         return name
 
-    async def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+    async def embed_documents(
+        self, texts: Sequence[str], progress: Callable[[int], object] | None = None
+    ) -> np.ndarray:
         """Base-encoder embeddings, in slices queued behind (and between) search traffic."""
         parts = []
         for start in range(0, len(texts), EMBED_SLICE):
             chunk = list(texts[start : start + EMBED_SLICE])
             job = EncodeJob(chunk, [BASE] * len(chunk))
             parts.append(await self.ctx.encoder_batcher.submit(job, size=len(chunk)))
+            if progress is not None:
+                progress(len(chunk))
         return np.concatenate(parts) if parts else np.zeros((0, self.ctx.encoder.dim), np.float32)
 
     # -- experts -------------------------------------------------------------------------

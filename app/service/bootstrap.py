@@ -52,20 +52,21 @@ async def index_expert_corpora(admin: AdminService) -> int:
     corpora = {name: load_corpus(directory) for name, directory in todo}
     total = sum(len(c) for c in corpora.values())
     indexed = 0
-    with tqdm(total=total, unit="doc", desc="indexing expert corpora") as bar:
+    with tqdm(total=total, unit="doc", desc="embedding expert corpora") as bar:
         for name, directory in todo:
             corpus = corpora[name]
             cached = cache_dir / f"{corpus_key(directory, admin.ctx.encoder.max_seq_length)}.npy"
             vectors = np.load(cached) if cached.is_file() else None
             if vectors is None or len(vectors) != len(corpus):
                 texts = [document_text(d["title"], d["text"]) for d in corpus]
-                vectors = await admin.embed_documents(texts)
+                vectors = await admin.embed_documents(texts, progress=bar.update)
+            else:
+                bar.update(len(corpus))
             for start in range(0, len(corpus), UPSERT_CHUNK):
                 part = corpus[start : start + UPSERT_CHUNK]
                 docs = [Document(d["_id"], d["text"], d["title"]) for d in part]
                 change = DocumentsUpserted(name, docs, vectors[start : start + len(part)])
                 await admin.sink.submit(change)
-                bar.update(len(part))
                 indexed += len(part)
             log.info("indexed %d documents for expert %r", len(corpus), name)
     return indexed
