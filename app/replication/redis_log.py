@@ -83,8 +83,3 @@ class RedisChangeLog:
     async def experts(self) -> set[str]:
         names = await self.client.hkeys(self.registry)
         return {n.decode() if isinstance(n, bytes) else n for n in names}
-
-    async def last_id(self) -> str | None:
-        info = await self.client.xinfo_stream(self.stream)
-        last = info.get("last-generated-id") or info.get(b"last-generated-id")
-        return last.decode() if isinstance(last, bytes) else last
