@@ -155,7 +155,12 @@ class LoraEncoder:
     def _load(self, name: str) -> None:
         directory = self._locate(name)
         started = time.perf_counter()
-        result = self.model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
+        try:
+            result = self.model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
+        except (ValueError, KeyError, OSError, RuntimeError) as exc:  # peft's errors vary
+            if name in self.model.peft_config:
+                self.model.delete_adapter(name)
+            raise InvalidAdapter(f"adapter of expert {name!r} could not be loaded: {exc}") from exc
         missing = [k for k in getattr(result, "missing_keys", []) if f".{name}." in k]
         applied = sum(1 for m in self.model.modules() if name in getattr(m, "lora_A", {}))
         if missing or applied == 0:

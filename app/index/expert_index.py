@@ -175,7 +175,6 @@ class ExpertIndex:
     def _apply(self, remove: list[int], add_ids: np.ndarray | None, add_vectors: Any) -> None:
         if remove and self.kind == "hnsw":
             # HNSW cannot delete vectors: rebuild from the durable store instead.
-            self._index = new_index(self.dim, self.kind, self.hnsw_m)
             (self.path / SNAPSHOT_META).unlink(missing_ok=True)
             self._index = self._load_or_rebuild()
         else:

@@ -24,7 +24,6 @@ FOLLOW_BLOCK_MS = 1000
 class Replication:
     sink: ChangeSink
     follower: Follower | None = None
-    changelog: RedisChangeLog | None = None
     shared_cache: SharedEmbeddingCache | None = None
     clients: list = field(default_factory=list)
     _seeding: asyncio.Task | None = None
@@ -71,7 +70,6 @@ async def start_replication(ctx: ServiceContext) -> Replication:
     replication = Replication(
         ReplicatedSink(changelog, follower),
         follower,
-        changelog,
         shared,
         [client, follower_log.client],
     )

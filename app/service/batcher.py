@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from app.errors import Overloaded
@@ -42,7 +42,6 @@ class BatcherStats:
     rejected: int = 0
     largest_batch: int = 0
     busy_s: float = 0.0
-    history: deque = field(default_factory=lambda: deque(maxlen=1000))
 
 
 def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -163,7 +162,6 @@ class MicroBatcher:
             self.stats.rows += rows
             self.stats.busy_s += elapsed
             self.stats.largest_batch = max(self.stats.largest_batch, rows)
-            self.stats.history.append((len(live), rows))
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         try:
