@@ -43,10 +43,12 @@ class Settings(BaseSettings):
     # Micro-batching: rows per batched forward pass, how long the worker waits for more
     # work before running a partial batch, and the queue bound past which requests get 429.
     max_batch: int = Field(default=64, ge=1)
-    # Intra-op threads of the model thread. Measured on the 2-core CPU machine: from a
-    # non-main thread, 2 threads doubled batch-1 latency (29 vs 15 ms) and did not speed up
-    # batch 32 (107 vs 101 queries/s), so one thread leaves the other core to HTTP and FAISS.
-    torch_threads: int = Field(default=1, ge=1)
+    # Model worker threads, each with its own encoder replica (0 = auto: one per CPU core,
+    # at most 4; one on CUDA), and intra-op threads per worker (0 = auto: cores / workers).
+    # Measured on the 2-core machine at batch 32: one worker with 1 thread 29 queries/s, with
+    # 2 threads 47, two workers with 1 thread each 56.
+    encoder_workers: int = Field(default=0, ge=0, le=64)
+    torch_threads: int = Field(default=0, ge=0, le=256)
     max_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     max_queue: int = Field(default=2048, ge=1)
     embedding_cache_size: int = Field(default=10_000, ge=0)

@@ -23,14 +23,17 @@ def make_adapter(
     root: str,
     targets: tuple[str, ...] = ("query", "value"),
     layers: tuple[int, ...] | None = None,
+    identity: bool = False,
 ) -> Path:
-    """A real peft LoRA over the real base model with random (non-identity) weights."""
+    """A real peft LoRA over the real base model with random (non-identity) weights, or
+    with `identity` peft's default init (B = 0: the adapter changes nothing)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from app.encoder.base_model import load_base_model
 
     suffix = "" if layers is None else "-layers-" + "-".join(map(str, layers))
+    suffix += "-identity" if identity else ""
     out = Path(root) / f"adapter-{seed}-{'-'.join(targets)}{suffix}"
     if not (out / "adapter_model.safetensors").exists():
         torch.manual_seed(seed)
@@ -39,7 +42,7 @@ def make_adapter(
             lora_alpha=32,
             target_modules=list(targets),
             layers_to_transform=list(layers) if layers else None,
-            init_lora_weights=False,
+            init_lora_weights=identity,
         )
         get_peft_model(load_base_model("cpu"), config).save_pretrained(str(out))
     return out

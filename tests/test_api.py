@@ -206,5 +206,30 @@ def test_metrics_and_request_ids(client: TestClient, adapter_a: Path, adapter_b:
     assert 'rr_search_queries_total{expert="code"} 2.0' in text
     assert 'rr_http_requests_total{method="POST",route="/v1/search",status="200"} 2.0' in text
     assert 'rr_index_documents{index="aero"} 2.0' in text
-    assert "rr_adapter_loads_total 2.0" in text
+    replicas = len(client.app.state.ctx.encoder)  # each model worker loads its own copy
+    assert f"rr_adapter_loads_total {2.0 * replicas}" in text
     assert 'rr_cache_hits_total{level="local"}' in text and "rr_queue_depth" in text
+
+
+def test_identity_expert_reuses_the_routing_pass(
+    client: TestClient, adapters_root: str, adapter_a: Path
+) -> None:
+    """An expert whose adapter changes nothing (training kept the base) is served from the
+    routing pass's base embedding: no second pass, no adapter load, same vectors."""
+    from tests.helpers import make_adapter
+
+    untrained = make_adapter(3, adapters_root, identity=True)
+    assert register(client, "same", untrained, CODE_QUERIES).status_code == 201
+    assert register(client, "aero", adapter_a, AERO_QUERIES).status_code == 201
+    ctx = client.app.state.ctx
+    loads = ctx.encoder.stats.loads
+    query = "python sort dict by value"
+    routed = client.post("/v1/embeddings", json={"input": query}).json()["data"][0]
+    as_base = client.post("/v1/embeddings", json={"input": query, "model": "base"}).json()
+    assert routed["expert"] == "same"
+    assert np.allclose(routed["embedding"], as_base["data"][0]["embedding"], atol=1e-6)
+    rows = ctx.encoder_batcher.stats.rows
+    body = client.post("/v1/search", json={"query": "python read a csv file"}).json()
+    assert body["routing"]["expert"] == "same"
+    assert ctx.encoder_batcher.stats.rows == rows + 1  # the routing pass only
+    assert ctx.encoder.stats.loads == loads  # (loaded once at registration, to check it)

@@ -118,3 +118,25 @@ def test_top_layer_expert_reuses_the_routing_pass(adapters_root: str, adapter_a:
     # An expert adapting the lower layers cannot start from the base pass's states.
     encoder.encode(TEXTS, ["all"] * len(TEXTS))
     assert encoder.stats.reused_rows == len(TEXTS)
+
+
+def test_replicas_share_routing_states_and_adapter_changes(
+    adapters_root: str, adapter_a: Path
+) -> None:
+    from app.encoder.replicas import EncoderReplicas
+    from tests.helpers import make_adapter
+
+    top = make_adapter(7, adapters_root, layers=(4, 5))
+    dirs = {"top": top, "all": adapter_a}
+    reference = LoraEncoder(lambda name: dirs[name]).encode(TEXTS, ["top"] * len(TEXTS))
+    replicas = EncoderReplicas(lambda name: dirs[name], count=2, reuse_layer=4)
+    replicas.ensure_resident(["top", "all"])
+    assert all(r.resident() == ["top", "all"] for r in replicas.replicas)
+    replicas.encode(TEXTS, replica=0)  # the routing pass on one worker ...
+    reused = replicas.encode(TEXTS, ["top"] * len(TEXTS), replica=1)  # ... the expert's on another
+    assert replicas.replicas[1].stats.reused_rows == len(TEXTS)
+    assert np.abs(reused - reference).max() <= 1e-5
+    replicas.unload("top")
+    assert replicas.resident() == ["all"] and replicas.stats.loads == 4
+    # Deleted: its next load (new weights, maybe other layers) decides reuse afresh.
+    assert not replicas.replicas[0]._hidden.can_start_from("top")

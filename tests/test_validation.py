@@ -12,7 +12,7 @@ import pytest
 
 from app.encoder.base_model import linear_module_shapes, load_base_model
 from app.errors import InvalidAdapter, InvalidInput
-from app.experts.validation import parse_pilots, validate_adapter
+from app.experts.validation import adapter_is_identity, parse_pilots, validate_adapter
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +72,12 @@ def test_pilots_are_checked_and_normalised() -> None:
         parse_pilots(buffer.getvalue(), 384)
     with pytest.raises(InvalidInput):
         parse_pilots(pickle.dumps([1.0] * 384), 384)
+
+
+def test_identity_adapter_is_recognised(adapter_a: Path, adapters_root: str) -> None:
+    from tests.helpers import make_adapter
+
+    untrained = make_adapter(3, adapters_root, identity=True)
+    assert adapter_is_identity((untrained / "adapter_model.safetensors").read_bytes())
+    assert not adapter_is_identity((adapter_a / "adapter_model.safetensors").read_bytes())
+    assert not adapter_is_identity(b"not safetensors")

@@ -6,6 +6,7 @@ normalisation, so inner product == cosine similarity everywhere in the service.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,22 @@ def pick_device(setting: str) -> str:
     if setting == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("RR_DEVICE=cuda but torch sees no CUDA device")
     return setting
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def pick_workers(workers: int, threads: int, device: str) -> tuple[int, int]:
+    """(model worker threads, intra-op threads each); 0 means auto for either."""
+    if device.startswith("cuda"):
+        return workers or 1, threads or 1
+    cores = usable_cores()
+    workers = workers or min(cores, 4)
+    return workers, threads or max(1, cores // workers)
 
 
 def cpu_has_amx() -> bool:

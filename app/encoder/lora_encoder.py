@@ -25,6 +25,7 @@ from app.encoder.base_model import (
     load_tokenizer,
     mean_pool,
 )
+from app.encoder.hidden_states import HiddenStateCache
 from app.errors import InvalidAdapter
 
 BASE = "__base__"  # peft's name for "no adapter" rows in a mixed batch
@@ -84,8 +85,9 @@ class LoraEncoder:
         batch_size: int = 64,
         precision: str = "fp32",
         reuse_layer: int | None = None,
-        reuse_cache_tokens: int = 65_536,
+        hidden_states: HiddenStateCache | None = None,
     ) -> None:
+        """`reuse_layer` builds a private hidden-state cache; replicas pass a shared one."""
         import torch
         from peft import LoraConfig, get_peft_model
 
@@ -102,15 +104,10 @@ class LoraEncoder:
         anchor = LoraConfig(r=1, lora_alpha=1, target_modules=["query"], init_lora_weights=True)
         self.model = get_peft_model(base, anchor, adapter_name=_ANCHOR).eval()
         self._resident: OrderedDict[str, None] = OrderedDict()
-        # Hidden-state reuse: an expert whose LoRA starts at layer >= reuse_layer sees the
-        # same input to that layer as the base model, so its pass can start there from the
-        # routing pass's hidden states (kept per text, unpadded, in an LRU bounded in tokens:
-        # 64k tokens x 384 floats ~ 100 MB).
-        self.reuse_layer = reuse_layer
-        self._first_layer: dict[str, int] = {}
-        self._hidden: OrderedDict[str, Any] = OrderedDict()
-        self._hidden_tokens = 0
-        self._hidden_capacity = reuse_cache_tokens
+        if hidden_states is None and reuse_layer is not None:
+            hidden_states = HiddenStateCache(reuse_layer)
+        self._hidden = hidden_states
+        self.reuse_layer = None if hidden_states is None else hidden_states.layer
         self._lock = threading.RLock()
         self.stats = PoolStats()
 
@@ -141,7 +138,8 @@ class LoraEncoder:
             if name in self._resident:
                 self.model.delete_adapter(name)
                 del self._resident[name]
-                self._first_layer.pop(name, None)
+            if self._hidden is not None:
+                self._hidden.forget_expert(name)
 
     def _evict_down_to(self, size: int, keep: set[str]) -> None:
         for victim in [n for n in self._resident if n not in keep]:
@@ -149,7 +147,6 @@ class LoraEncoder:
                 break
             self.model.delete_adapter(victim)
             del self._resident[victim]
-            self._first_layer.pop(victim, None)
             self.stats.evictions += 1
 
     def _load(self, name: str) -> None:
@@ -173,7 +170,8 @@ class LoraEncoder:
             for path, module in self.model.named_modules()
             if name in getattr(module, "lora_A", {}) and (m := _LAYER.search(path))
         ]
-        self._first_layer[name] = min(layers) if layers else 0
+        if self._hidden is not None:
+            self._hidden.note_expert(name, min(layers) if layers else 0)
         self._resident[name] = None
         self.stats.loads += 1
         self.stats.last_load_ms = (time.perf_counter() - started) * 1000
@@ -204,31 +202,29 @@ class LoraEncoder:
         lengths = [len(ids) for ids in tokens["input_ids"]]
         with self._lock:
             self.ensure_resident(adapters)
-            reusable = [i for i in range(len(texts)) if self._can_reuse(texts[i], adapters[i])]
-            skip = set(reusable)
-            full = np.array([i for i in range(len(texts)) if i not in skip], dtype=np.int64)
+            # Fetched once: another replica may evict them from the shared cache meanwhile.
+            found = {i: self._reusable(texts[i], adapters[i]) for i in range(len(texts))}
+            states = {i: state for i, state in found.items() if state is not None}
+            reusable = np.array(sorted(states), dtype=np.int64)
+            full = np.array([i for i in range(len(texts)) if i not in states], dtype=np.int64)
             for bucket in length_buckets([lengths[i] for i in full], self.batch_size):
                 rows = full[bucket]
                 out[rows] = self._forward(texts, tokens, rows, [adapters[i] for i in rows])
             for bucket in length_buckets([lengths[i] for i in reusable], self.batch_size):
-                rows = np.array(reusable, dtype=np.int64)[bucket]
-                out[rows] = self._forward_from_hidden(texts, rows, [adapters[i] for i in rows])
+                rows = reusable[bucket]
+                out[rows] = self._forward_from_hidden(
+                    [states[i] for i in rows], [adapters[i] for i in rows]
+                )
             self.stats.reused_rows += len(reusable)
             self._evict_down_to(self.capacity, keep=set())
         return out
 
-    def _reuse_possible(self) -> bool:
-        """Some resident expert starts at or above the reuse layer."""
-        layer = self.reuse_layer
-        return layer is not None and any(f >= layer for f in self._first_layer.values())
-
-    def _can_reuse(self, text: str, adapter: str) -> bool:
-        return (
-            self.reuse_layer is not None
-            and adapter != BASE
-            and self._first_layer.get(adapter, 0) >= self.reuse_layer
-            and text in self._hidden
-        )
+    def _reusable(self, text: str, adapter: str) -> Any | None:
+        """The routing pass's hidden state for `text`, if `adapter`'s pass may start there."""
+        hidden = self._hidden
+        if hidden is None or adapter == BASE or not hidden.can_start_from(adapter):
+            return None
+        return hidden.get(text)
 
     def _autocast(self) -> Any:
         torch = self._torch
@@ -249,7 +245,7 @@ class LoraEncoder:
             },
             return_tensors="pt",
         ).to(self.device)
-        keep = BASE in adapters and self._reuse_possible()
+        keep = BASE in adapters and self._hidden is not None and self._hidden.wanted
         with torch.inference_mode(), self._autocast():
             if all(a == BASE for a in adapters):
                 # The active adapter is the no-op anchor (B = 0): exactly the base model,
@@ -262,25 +258,12 @@ class LoraEncoder:
                 lengths = batch["attention_mask"].sum(dim=1).tolist()
                 for j, i in enumerate(rows):
                     if adapters[j] == BASE and lengths[j] <= MAX_REUSE_TOKENS:
-                        self._remember(texts[i], states[j, : lengths[j]].clone())
+                        self._hidden.put(texts[i], states[j, : lengths[j]].clone())
             return mean_pool(output.last_hidden_state, batch["attention_mask"]).cpu().numpy()
 
-    def _remember(self, text: str, state: Any) -> None:
-        previous = self._hidden.pop(text, None)
-        if previous is not None:
-            self._hidden_tokens -= len(previous)
-        self._hidden[text] = state
-        self._hidden_tokens += len(state)
-        while self._hidden_tokens > self._hidden_capacity:
-            _, dropped = self._hidden.popitem(last=False)
-            self._hidden_tokens -= len(dropped)
-
-    def _forward_from_hidden(
-        self, texts: Sequence[str], rows: np.ndarray, adapters: list[str]
-    ) -> np.ndarray:
+    def _forward_from_hidden(self, states: list[Any], adapters: list[str]) -> np.ndarray:
         """Run only the layers from `reuse_layer` up, from the base pass's hidden states."""
         torch = self._torch
-        states = [self._hidden[texts[i]] for i in rows]
         longest = max(len(h) for h in states)
         hidden = states[0].new_zeros((len(states), longest, states[0].shape[-1]))
         mask = torch.zeros((len(states), longest), dtype=torch.long, device=hidden.device)

@@ -27,6 +27,7 @@ import numpy as np
 from app.encoder.base_model import BASE_MODEL_NAME
 from app.errors import NotFound
 from app.experts.names import check_name
+from app.experts.validation import adapter_is_identity
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_MODEL = "adapter_model.safetensors"
@@ -57,6 +58,7 @@ class Expert:
     spec: ExpertSpec
     path: Path
     pilots: np.ndarray
+    identity: bool = False  # the adapter changes nothing: its embeddings are the base's
 
     @property
     def name(self) -> str:
@@ -122,7 +124,8 @@ def write_expert(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Expert(spec=spec, path=final, pilots=pilots.astype(np.float32))
+    identity = adapter_is_identity(adapter_model)
+    return Expert(spec=spec, path=final, pilots=pilots.astype(np.float32), identity=identity)
 
 
 def update_pilots(expert: Expert, pilots: np.ndarray, **changes: Any) -> Expert:
@@ -136,7 +139,7 @@ def update_pilots(expert: Expert, pilots: np.ndarray, **changes: Any) -> Expert:
         _fsync_write(temp, payload)
         os.replace(temp, expert.path / filename)
     _fsync_dir(expert.path)
-    return Expert(spec=spec, path=expert.path, pilots=pilots.astype(np.float32))
+    return Expert(spec, expert.path, pilots.astype(np.float32), expert.identity)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -153,7 +156,9 @@ def read_expert(path: Path) -> Expert:
         raise NotFound(f"expert {path.name!r} is incomplete: {exc.filename} missing") from exc
     known = set(ExpertSpec.__dataclass_fields__)
     spec = ExpertSpec(**{k: v for k, v in meta.items() if k in known})
-    return Expert(spec=spec, path=path, pilots=pilots)
+    adapter = path / ADAPTER_MODEL
+    identity = adapter.exists() and adapter_is_identity(adapter.read_bytes())
+    return Expert(spec=spec, path=path, pilots=pilots, identity=identity)
 
 
 def list_expert_dirs(experts_dir: Path) -> list[Path]:

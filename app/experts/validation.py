@@ -114,6 +114,19 @@ def _check_finite(model_bytes: bytes) -> None:
             raise InvalidAdapter(f"{key} holds NaN or infinite values")
 
 
+def adapter_is_identity(model_bytes: bytes) -> bool:
+    """True when every lora_B is zero: the adapter leaves the base model unchanged (an
+    expert whose training kept step 0), so serving can reuse the base embedding."""
+    from safetensors.numpy import load
+
+    try:
+        tensors = load(model_bytes)
+    except Exception:  # unreadable files are rejected elsewhere; never claim identity
+        return False
+    parts = [value for key, value in tensors.items() if ".lora_B." in key]
+    return bool(parts) and not any(np.any(value) for value in parts)
+
+
 def parse_pilots(npy_bytes: bytes, dim: int) -> np.ndarray:
     """Read an uploaded `.npy` pilot matrix (no pickles), return unit-norm float32 rows."""
     import io

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.encoder import LoraEncoder
+from app.encoder.replicas import EncoderReplicas
 from app.index import Hit, IndexStore
 
 
@@ -26,11 +26,11 @@ class SearchJob:
     with_text: bool
 
 
-def encode_batch(encoder: LoraEncoder):
+def encode_batch(encoder: EncoderReplicas, replica: int = 0):
     def run(jobs: Sequence[EncodeJob]) -> list[np.ndarray]:
         texts = [t for job in jobs for t in job.texts]
         adapters = [a for job in jobs for a in job.adapters]
-        vectors = encoder.encode(texts, adapters)
+        vectors = encoder.encode(texts, adapters, replica)
         bounds = np.cumsum([0] + [len(job.texts) for job in jobs])
         return [vectors[bounds[i] : bounds[i + 1]] for i in range(len(jobs))]
 

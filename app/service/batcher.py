@@ -1,15 +1,16 @@
 """Micro-batching: concurrent requests' work coalesced into batches on one thread.
 
-HTTP handlers `await submit(payload)`; a dedicated worker thread takes everything queued
-(up to `max_batch` rows, waiting at most `max_wait_ms` for more), runs one batched call,
-and resolves each caller's future. The event loop never runs model or index code.
+HTTP handlers `await submit(payload)`; a worker thread takes everything queued (up to
+`max_batch` rows, waiting at most `max_wait_ms` for more), runs one batched call, and
+resolves each caller's future. The event loop never runs model or index code. Several
+workers (one `process` each, e.g. one per encoder replica) take batches from one queue.
 
 - Bounded: past `max_pending` queued rows, `submit` raises Overloaded (HTTP 429).
 - A caller that went away (cancelled future) is skipped, never resolved, and does not
   affect the rest of its batch; a batch that fails is retried job by job, so one bad job
   fails alone.
-- `call(fn)` runs `fn` alone on the worker thread, ordered with the batches (adapter loads
-  and unloads must not interleave with a forward pass).
+- `call(fn)` runs `fn` on a worker thread, in queue order with the batches (`fn` itself
+  must be safe next to the other workers' batches: encoder replicas lock their own pools).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.errors import Overloaded
+
+Process = Callable[[Sequence[Any]], Sequence[Any]]  # payloads of one batch -> their results
 
 
 @dataclass
@@ -57,14 +60,16 @@ class MicroBatcher:
     def __init__(
         self,
         name: str,
-        process: Callable[[Sequence[Any]], Sequence[Any]],
+        process: Process | Sequence[Process],
         max_batch: int = 64,
         max_wait_ms: float = 0.0,
         max_pending: int = 4096,
         on_start: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
-        self._process = process
+        processes = list(process) if isinstance(process, Sequence) else [process]
+        if not processes:
+            raise ValueError("at least one worker")
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.max_pending = max_pending
@@ -74,8 +79,16 @@ class MicroBatcher:
         self._closed = False
         self._on_start = on_start
         self.stats = BatcherStats()
-        self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, args=(fn,), name=f"batcher-{name}-{i}", daemon=True)
+            for i, fn in enumerate(processes)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
 
     @property
     def pending(self) -> int:
@@ -110,7 +123,8 @@ class MicroBatcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
     # -- worker thread -------------------------------------------------------------------
 
@@ -143,7 +157,7 @@ class MicroBatcher:
                 rows += nxt.size
             return batch
 
-    def _run(self) -> None:
+    def _run(self, process: Process) -> None:
         if self._on_start is not None:
             self._on_start()  # per-thread set-up, e.g. torch's thread count
         while (batch := self._take()) is not None:
@@ -152,34 +166,35 @@ class MicroBatcher:
                 continue
             started = time.perf_counter()
             if live[0].exclusive is not None:
-                self._finish(live[0], live[0].exclusive)
+                outcomes = [self._outcome(live[0].exclusive)]
             else:
-                self._run_batch(live)
+                outcomes = self._run_batch(process, live)
             elapsed = time.perf_counter() - started
             rows = sum(job.size for job in live)
-            self.stats.batches += 1
-            self.stats.jobs += len(live)
-            self.stats.rows += rows
-            self.stats.busy_s += elapsed
-            self.stats.largest_batch = max(self.stats.largest_batch, rows)
+            with self._cond:  # counted before callers see results (metrics stay consistent)
+                self.stats.batches += 1
+                self.stats.jobs += len(live)
+                self.stats.rows += rows
+                self.stats.busy_s += elapsed
+                self.stats.largest_batch = max(self.stats.largest_batch, rows)
+            for job, (result, error) in zip(live, outcomes, strict=True):
+                job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    def _run_batch(
+        self, process: Process, jobs: list[_Job]
+    ) -> list[tuple[Any, BaseException | None]]:
         try:
-            results = self._process([job.payload for job in jobs])
+            results = process([job.payload for job in jobs])
         except BaseException as exc:
             if len(jobs) == 1:
-                jobs[0].loop.call_soon_threadsafe(_resolve, jobs[0].future, None, exc)
-                return
-            for job in jobs:  # isolate the failing job(s)
-                self._finish(job, lambda job=job: self._process([job.payload])[0])
-            return
-        for job, result in zip(jobs, results, strict=True):
-            job.loop.call_soon_threadsafe(_resolve, job.future, result, None)
+                return [(None, exc)]
+            # Isolate the failing job(s): each one alone.
+            return [self._outcome(lambda job=job: process([job.payload])[0]) for job in jobs]
+        return [(result, None) for result in results]
 
     @staticmethod
-    def _finish(job: _Job, fn: Callable[[], Any]) -> None:
+    def _outcome(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
         try:
-            result, error = fn(), None
+            return fn(), None
         except BaseException as exc:  # handed to the caller, who maps it to a status
-            result, error = None, exc
-        job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+            return None, exc

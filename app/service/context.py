@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from app.encoder import LoraEncoder
-from app.encoder.base_model import pick_device, pick_precision
+from app.encoder.base_model import pick_device, pick_precision, pick_workers
+from app.encoder.replicas import EncoderReplicas
 from app.experts.registry import ExpertRegistry
 from app.index import IndexStore
 from app.service.batched_work import encode_batch, search_batch
@@ -17,16 +17,17 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _set_torch_threads(count: int) -> None:
+def _warm_up_worker(threads: int) -> None:
+    """Per model thread: its intra-op thread count (a per-thread setting in torch)."""
     import torch
 
-    torch.set_num_threads(count)
+    torch.set_num_threads(threads)
 
 
 @dataclass
 class ServiceContext:
     settings: Settings
-    encoder: LoraEncoder
+    encoder: EncoderReplicas
     registry: ExpertRegistry
     indexes: IndexStore
     encoder_batcher: MicroBatcher  # owns every model call
@@ -41,16 +42,18 @@ class ServiceContext:
         experts = registry.load_all()
         device = pick_device(settings.device)
         precision = pick_precision(settings.precision, device)
-        encoder = LoraEncoder(
+        workers, threads = pick_workers(settings.encoder_workers, settings.torch_threads, device)
+        encoder = EncoderReplicas(
             registry.adapter_dir,
+            count=workers,
+            reuse_layer=settings.reuse_layer,
             capacity=settings.max_resident_experts,
             device=device,
             max_seq_length=settings.max_seq_length,
             batch_size=settings.encode_batch_size,
             precision=precision,
-            reuse_layer=settings.reuse_layer,
         )
-        encoder.encode(["warm up"])  # the first forward pass is slow: not a user's request
+        encoder.warm_up()
         indexes = IndexStore(
             settings.indexes_dir, encoder.dim, settings.index_kind, settings.hnsw_m
         )
@@ -60,7 +63,14 @@ class ServiceContext:
             indexes.drop(orphan)
         for name in experts:
             indexes.open(name)
-        log.info("serving %d experts on %s (%s)", len(experts), device, precision)
+        log.info(
+            "serving %d experts on %s (%s), %d model workers x %d threads",
+            len(experts),
+            device,
+            precision,
+            workers,
+            threads,
+        )
         batching = {"max_wait_ms": settings.max_wait_ms, "max_pending": settings.max_queue}
         return cls(
             settings,
@@ -69,9 +79,9 @@ class ServiceContext:
             indexes,
             MicroBatcher(
                 "encoder",
-                encode_batch(encoder),
+                [encode_batch(encoder, replica) for replica in range(workers)],
                 settings.max_batch,
-                on_start=lambda: _set_torch_threads(settings.torch_threads),
+                on_start=lambda: _warm_up_worker(threads),
                 **batching,
             ),
             MicroBatcher("search", search_batch(indexes), settings.max_batch, **batching),

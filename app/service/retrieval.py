@@ -98,6 +98,15 @@ class RetrievalService:
             return BASE_EXPERT
         return f"{expert}@{self.ctx.registry.get(expert).spec.adapter_sha256}"
 
+    def _is_base(self, expert: str) -> bool:
+        """The plain base model, or an expert whose adapter leaves it unchanged."""
+        if expert == BASE_EXPERT:
+            return True
+        try:
+            return self.ctx.registry.get(expert).identity
+        except NotFound:  # deleted meanwhile: let the encoder report it
+            return False
+
     async def _encode(self, texts: Sequence[str], experts: Sequence[str]) -> np.ndarray:
         """Cached vectors where we have them; the rest in one batched forward pass."""
         cache = self.ctx.cache
@@ -120,7 +129,7 @@ class RetrievalService:
         if missing:
             job = EncodeJob(
                 [texts[i] for i in missing],
-                [BASE if experts[i] == BASE_EXPERT else experts[i] for i in missing],
+                [BASE if self._is_base(experts[i]) else experts[i] for i in missing],
             )
             encoded = await self.ctx.encoder_batcher.submit(job, size=len(missing))
             for row, i in zip(encoded, missing, strict=True):
@@ -150,7 +159,7 @@ class RetrievalService:
             return chosen, chosen
 
         with self.ctx.registry.routed_lease(choose) as chosen:
-            routed = [i for i, e in enumerate(chosen) if e != BASE_EXPERT]
+            routed = [i for i, e in enumerate(chosen) if not self._is_base(e)]
             if routed:
                 base[routed] = await self._encode(
                     [texts[i] for i in routed], [chosen[i] for i in routed]
@@ -214,13 +223,14 @@ class RetrievalService:
     ) -> dict[tuple[int, str], np.ndarray]:
         """One mixed-adapter pass for every (query, expert) pair the plans need."""
         pairs = [(qi, e) for qi, plan in enumerate(plans) for e in plan]
-        todo = [(qi, e) for qi, e in pairs if not (e == BASE_EXPERT and base is not None)]
+        reuse = {e for _, e in pairs if base is not None and self._is_base(e)}
+        todo = [(qi, e) for qi, e in pairs if e not in reuse]
         out: dict[tuple[int, str], np.ndarray] = {}
         if todo:
             encoded = await self._encode([queries[qi] for qi, _ in todo], [e for _, e in todo])
             out.update(zip(todo, encoded, strict=True))
-        if base is not None:
-            out.update({(qi, e): base[qi] for qi, e in pairs if e == BASE_EXPERT})
+        if base is not None:  # the routing pass already embedded them with the base model
+            out.update({(qi, e): base[qi] for qi, e in pairs if e in reuse})
         return out
 
     async def _search_plans(

@@ -42,6 +42,19 @@ def _config(**values):  # noqa: ANN003, ANN202
     return TrainConfig(**{k: v for k, v in values.items() if v is not None})
 
 
+def _layers(text: str | None) -> tuple[int, ...] | None:
+    """ "4,5" -> (4, 5); None or "all" -> None (every layer)."""
+    if text is None or text.strip() == "all":
+        return None
+    try:
+        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise typer.BadParameter(f"expected e.g. 4,5 or all, got {text!r}") from None
+
+
+LAYERS_HELP = "LoRA layers, e.g. 4,5 (top layers: serving reuses the routing pass); default all."
+
+
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -61,6 +74,7 @@ def register(cli: typer.Typer) -> None:
         learning_rate: float = typer.Option(None, help="AdamW learning rate (default 2e-4)."),
         batch_size: int = typer.Option(None, help="Queries per step (default 16)."),
         seed: int = typer.Option(None, help="Random seed (default 13)."),
+        layers: str = typer.Option(None, help=LAYERS_HELP),
         experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
         cache_dir: Path = typer.Option(CACHE_DIR, help="Document-embedding cache."),
     ) -> None:
@@ -80,6 +94,7 @@ def register(cli: typer.Typer) -> None:
                 learning_rate=learning_rate,
                 batch_size=batch_size,
                 seed=seed,
+                layers=_layers(layers),
             ),
             use_self_supervised=self_supervised or no_qrels,
         )
@@ -93,6 +108,7 @@ def register(cli: typer.Typer) -> None:
         negatives: str = typer.Option("corpus", help="corpus | in-batch | hard"),
         max_steps: int = typer.Option(None),
         seed: int = typer.Option(None),
+        layers: str = typer.Option(None, help=LAYERS_HELP),
         experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
         cache_dir: Path = typer.Option(CACHE_DIR),
     ) -> None:
@@ -101,7 +117,9 @@ def register(cli: typer.Typer) -> None:
         from app.training.expert import base_encoder, train_expert
 
         _logging()
-        config = _config(negatives=negatives, max_steps=max_steps, seed=seed)
+        config = _config(
+            negatives=negatives, max_steps=max_steps, seed=seed, layers=_layers(layers)
+        )
         encoder = base_encoder(config.max_seq_length)
         summary = {}
         for entry in load_benchmark(_benchmark_path(benchmark)).experts:

@@ -29,6 +29,9 @@ class TrainConfig:
     alpha: int = 32
     dropout: float = 0.1
     target_modules: tuple[str, ...] = ("query", "value")
+    # Encoder layers that get LoRA (None = all). Top layers only (e.g. 4,5) let the serving
+    # path start the expert pass from the routing pass's hidden states (RR_REUSE_LAYER).
+    layers: tuple[int, ...] | None = None
     temperature: float = 0.05
     learning_rate: float = 2e-4
     batch_size: int = 16
@@ -43,7 +46,8 @@ class TrainConfig:
     seed: int = 13
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "target_modules": list(self.target_modules)}
+        layers = None if self.layers is None else list(self.layers)
+        return {**asdict(self), "target_modules": list(self.target_modules), "layers": layers}
 
 
 @dataclass
@@ -93,6 +97,7 @@ class _QueryModel:
             lora_alpha=config.alpha,
             lora_dropout=config.dropout,
             target_modules=list(config.target_modules),
+            layers_to_transform=None if config.layers is None else list(config.layers),
             bias="none",
         )
         self.model = get_peft_model(load_base_model(device), lora)

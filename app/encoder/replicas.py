@@ -1,0 +1,95 @@
+"""Several copies of the encoder, one per batcher worker thread.
+
+One PeftModel cannot run two mixed-adapter passes at once (peft injects each pass's
+`adapter_names` through hooks on the shared modules), and on a CPU one forward pass with
+one thread per core scales worse than one pass per core. So each worker thread owns a
+replica (~90 MB each for MiniLM) with its own adapter pool, and all replicas share the
+hidden states of routing passes: a query's expert pass may run on another worker than its
+routing pass.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import fields
+
+import numpy as np
+
+from app.encoder.base_model import EMBEDDING_DIM, load_tokenizer
+from app.encoder.hidden_states import HiddenStateCache
+from app.encoder.lora_encoder import AdapterLocator, LoraEncoder, PoolStats
+
+
+class EncoderReplicas:
+    dim = EMBEDDING_DIM
+
+    def __init__(
+        self,
+        locate_adapter: AdapterLocator,
+        count: int = 1,
+        reuse_layer: int | None = None,
+        **encoder_options,  # noqa: ANN003 - LoraEncoder's keyword options
+    ) -> None:
+        if count < 1:
+            raise ValueError("at least one replica")
+        hidden = None if reuse_layer is None else HiddenStateCache(reuse_layer)
+        self.replicas = [
+            LoraEncoder(locate_adapter, hidden_states=hidden, **encoder_options)
+            for _ in range(count)
+        ]
+        first = self.replicas[0]
+        self.device = first.device
+        self.precision = first.precision
+        self.max_seq_length = first.max_seq_length
+        self.module_shapes = first.module_shapes
+        self.reuse_layer = first.reuse_layer
+        # Fast tokenizers must not be used from two threads at once: the request path's
+        # token counting gets its own, behind a lock.
+        self.tokenizer = load_tokenizer()
+        self._tokenizer_lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """The first forward pass of a model is slow: not a user's request."""
+        for encoder in self.replicas:
+            encoder.encode(["warm up"])
+
+    def __len__(self) -> int:
+        return len(self.replicas)
+
+    def encode(
+        self, texts: Sequence[str], adapters: Sequence[str] | None = None, replica: int = 0
+    ) -> np.ndarray:
+        return self.replicas[replica].encode(texts, adapters)
+
+    def ensure_resident(self, names: Sequence[str]) -> None:
+        for encoder in self.replicas:
+            encoder.ensure_resident(names)
+
+    def unload(self, name: str) -> None:
+        for encoder in self.replicas:
+            encoder.unload(name)
+
+    def resident(self) -> list[str]:
+        """Experts resident on any replica."""
+        return list(dict.fromkeys(n for encoder in self.replicas for n in encoder.resident()))
+
+    def is_resident(self, name: str) -> bool:
+        return any(encoder.is_resident(name) for encoder in self.replicas)
+
+    @property
+    def stats(self) -> PoolStats:
+        """Summed over replicas (`last_load_ms`: the slowest replica's last load)."""
+        total = PoolStats()
+        for encoder in self.replicas:
+            for field in fields(PoolStats):
+                mine, theirs = getattr(total, field.name), getattr(encoder.stats, field.name)
+                merged = max(mine, theirs) if field.name == "last_load_ms" else mine + theirs
+                setattr(total, field.name, merged)
+        return total
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text costs after truncation (for usage reporting)."""
+        with self._tokenizer_lock:
+            ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
+        return [len(row) for row in ids["input_ids"]]
