@@ -7,7 +7,8 @@ concurrencies. Queries are the TEST queries of the benchmark's expert datasets (
 nothing is learned from them). Variants, all in one run:
 
     a  routed search        /v1/search expert=auto, mixed traffic from all expert domains
-    b  one expert           /v1/search expert=<first expert> (same queries)
+    b  routed, one expert   as (a), on a gateway holding one trained expert and no fallback:
+                            the same two passes, every query routed to that one expert
     c  base only            /v1/search expert=base, index=<first expert's index> pinned
     d  unbatched            as (a), server started with RR_MAX_BATCH=1 RR_MAX_WAIT_MS=0
     e  embeddings           /v1/embeddings model=base, ours vs Infinity (same MiniLM weights)
@@ -50,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATASETS = ROOT / os.environ.get("RR_DATASETS_DIR", "../shared/datasets")
 VARIANT_LABELS = {
     "a": "(a) routed search",
-    "b": "(b) one expert",
+    "b": "(b) routed, one expert",
     "c": "(c) base only",
     "d": "(d) unbatched routed",
     "e": "(e) embeddings, ours",
@@ -185,6 +186,21 @@ def build_experts(
         )
     store.close()
     return names, described + f"; each index {docs:,} random unit vectors (flat inner product)"
+
+
+def single_expert_root(root: Path, names: list[str]) -> tuple[Path, str]:
+    """root/single: one expert (the first whose adapter is not the identity, so its queries
+    do get an expert pass) with its index, fallback threshold cleared."""
+    from app.experts.artifacts import METADATA, read_expert
+
+    name = next(n for n in names if not read_expert(root / "experts" / n).identity)
+    single = root / "single"
+    shutil.copytree(root / "experts" / name, single / "experts" / name)
+    shutil.copytree(root / "indexes" / name, single / "indexes" / name)
+    meta_path = single / "experts" / name / METADATA
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(meta | {"fallback_threshold": None}))
+    return single, name
 
 
 # -- servers -------------------------------------------------------------------------------
@@ -570,7 +586,7 @@ def main(
     )
 
     runs: dict[str, Run] = {}
-    tally = RoutingTally()
+    tally, tally_single = RoutingTally(), RoutingTally()
     with tempfile.TemporaryDirectory(prefix="rr-bench-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
@@ -580,14 +596,13 @@ def main(
         one = names[0]
         bodies = {
             "a": encode_bodies([{"query": q, "k": 10} for q in queries]),
-            "b": encode_bodies([{"query": q, "k": 10, "expert": one} for q in queries]),
             "c": encode_bodies(
                 [{"query": q, "k": 10, "expert": "base", "index": one} for q in queries]
             ),
             "e": encode_bodies([{"input": q, "model": "base"} for q in queries]),
             "i": encode_bodies([{"input": q, "model": INFINITY_MODEL} for q in queries]),
         }
-        bodies["d"] = bodies["a"]
+        bodies["b"] = bodies["d"] = bodies["a"]
 
         def measure(key: str, server: Server, path: str, on_response=None) -> None:
             run = runs[key] = Run(key, VARIANT_LABELS[key])
@@ -600,19 +615,25 @@ def main(
             if server.process.poll() is not None:
                 notes.append(f"{run.label}: server exited ({server.process.returncode}) during it")
 
-        if wanted & set("abce"):
+        if wanted & set("ace"):
             log = root / "gateway.log"
             with gateway(root, log, server_env) as server:
                 print(f"gateway up at {server.base_url} ({len(names)} experts)", flush=True)
                 if "a" in wanted:
                     measure("a", server, SEARCH, tally)
-                if "b" in wanted:
-                    measure("b", server, SEARCH)
                 if "c" in wanted:
                     measure("c", server, SEARCH)
                 if "e" in wanted:
                     measure("e", server, EMBED)
             _server_log_notes("gateway", log, notes)
+        if "b" in wanted:
+            single, single_name = single_expert_root(root, names)
+            log = root / "gateway-single.log"
+            no_fallback = server_env | {"RR_ROUTER_FALLBACK_THRESHOLD": "-1"}
+            with gateway(single, log, no_fallback) as server:
+                print(f"one-expert gateway up at {server.base_url} ({single_name})", flush=True)
+                measure("b", server, SEARCH, tally_single)
+            _server_log_notes("one-expert gateway", log, notes)
         if "d" in wanted:
             log = root / "gateway-unbatched.log"
             unbatched = server_env | {"RR_MAX_BATCH": "1", "RR_MAX_WAIT_MS": "0"}
@@ -642,8 +663,10 @@ def main(
     lines = ratios(runs, ratio_at)
     text = table(ordered)
     print("\n" + text + f"\n\nRatios at c={ratio_at}:\n" + "\n".join(lines))
-    if tally.experts:
-        print("routed (a):", dict(tally.experts.most_common()))
+    tallies = {"(a)": tally, "(b)": tally_single}
+    for variant, counts in tallies.items():
+        if counts.experts:
+            print(f"routed {variant}:", dict(counts.experts.most_common()))
     print(f"Infinity: {infinity_status}")
     for note in notes:
         print("NOTE:", note)
@@ -675,7 +698,7 @@ def main(
         text,
         lines,
         ratio_at,
-        tally,
+        tallies,
         infinity_status,
         notes,
         facts,
@@ -804,7 +827,7 @@ def _report(
     text: str,
     ratio_lines: list[str],
     ratio_at: int,
-    tally: RoutingTally,
+    tallies: dict[str, RoutingTally],
     infinity_status: str,
     notes: list[str],
     facts: dict[str, str],
@@ -830,10 +853,11 @@ def _report(
         *ratio_lines,
         "",
     ]
-    if tally.experts:
-        total = sum(tally.experts.values())
-        spread = ", ".join(f"{k} {v / total:.0%}" for k, v in tally.experts.most_common())
-        out += [f"Routing of (a) over all its measured requests: {spread}.", ""]
+    for variant, counts in tallies.items():
+        if counts.experts:
+            total = sum(counts.experts.values())
+            spread = ", ".join(f"{k} {v / total:.0%}" for k, v in counts.experts.most_common())
+            out += [f"Routing of {variant} over all its measured requests: {spread}.", ""]
     out += [f"Infinity: {infinity_status}", ""]
     samples = [
         (r.label, p.concurrency, s) for r in runs for p in r.points for s in p.error_samples[:2]

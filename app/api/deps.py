@@ -1,4 +1,8 @@
-"""FastAPI dependencies, named once."""
+"""FastAPI dependencies, named once.
+
+All `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
+request for what is an attribute lookup.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +20,15 @@ from app.settings import Settings
 _bearer = HTTPBearer(auto_error=False, description="RR_ADMIN_TOKEN")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_retrieval(request: Request) -> RetrievalService:
+async def get_retrieval(request: Request) -> RetrievalService:
     return request.app.state.retrieval
 
 
-def get_admin(request: Request) -> AdminService:
+async def get_admin(request: Request) -> AdminService:
     return request.app.state.admin
 
 
@@ -33,7 +37,7 @@ RetrievalDep = Annotated[RetrievalService, Depends(get_retrieval)]
 AdminDep = Annotated[AdminService, Depends(get_admin)]
 
 
-def require_admin(
+async def require_admin(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
