@@ -82,6 +82,14 @@ def test_training_lowers_loss_and_writes_standard_peft_files(task: Task) -> None
     assert result.best_score >= result.base_score  # step 0 is a candidate: never worse
 
 
+def test_top_layer_training_adapts_only_those_layers(task: Task) -> None:
+    config = TrainConfig(max_steps=2, eval_every=2, batch_size=8, seed=3, layers=(4, 5))
+    result = train_lora([task], config, progress=False)
+    layers = {int(re.search(r"\.layer\.(\d)\.", k)[1]) for k in _tensor_names(result.adapter_model)}
+    assert layers == {4, 5}
+    assert json.loads(result.adapter_config)["layers_to_transform"] == [4, 5]
+
+
 def test_same_seed_same_adapter(task: Task) -> None:
     config = TrainConfig(max_steps=3, eval_every=3, batch_size=8, seed=5)
     first = train_lora([task], config, progress=False)

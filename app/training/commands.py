@@ -53,6 +53,16 @@ def _layers(text: str | None) -> tuple[int, ...] | None:
 
 
 LAYERS_HELP = "LoRA layers, e.g. 4,5 (top layers: serving reuses the routing pass); default all."
+TARGETS_HELP = "LoRA target modules, comma-separated (default query,value: the paper's)."
+
+
+def _targets(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    targets = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not targets:
+        raise typer.BadParameter("name at least one module, e.g. query,value")
+    return targets
 
 
 def _logging() -> None:
@@ -75,6 +85,7 @@ def register(cli: typer.Typer) -> None:
         batch_size: int = typer.Option(None, help="Queries per step (default 16)."),
         seed: int = typer.Option(None, help="Random seed (default 13)."),
         layers: str = typer.Option(None, help=LAYERS_HELP),
+        target_modules: str = typer.Option(None, help=TARGETS_HELP),
         experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
         cache_dir: Path = typer.Option(CACHE_DIR, help="Document-embedding cache."),
     ) -> None:
@@ -95,6 +106,7 @@ def register(cli: typer.Typer) -> None:
                 batch_size=batch_size,
                 seed=seed,
                 layers=_layers(layers),
+                target_modules=_targets(target_modules),
             ),
             use_self_supervised=self_supervised or no_qrels,
         )
@@ -109,6 +121,7 @@ def register(cli: typer.Typer) -> None:
         max_steps: int = typer.Option(None),
         seed: int = typer.Option(None),
         layers: str = typer.Option(None, help=LAYERS_HELP),
+        target_modules: str = typer.Option(None, help=TARGETS_HELP),
         experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
         cache_dir: Path = typer.Option(CACHE_DIR),
     ) -> None:
@@ -118,7 +131,11 @@ def register(cli: typer.Typer) -> None:
 
         _logging()
         config = _config(
-            negatives=negatives, max_steps=max_steps, seed=seed, layers=_layers(layers)
+            negatives=negatives,
+            max_steps=max_steps,
+            seed=seed,
+            layers=_layers(layers),
+            target_modules=_targets(target_modules),
         )
         encoder = base_encoder(config.max_seq_length)
         summary = {}
