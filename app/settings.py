@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     router_fallback_threshold: float = Field(default=0.0, ge=-1.0, le=1.0)
 
     index_kind: Literal["flat", "hnsw"] = "flat"
+    # OpenMP threads per FAISS search (0 = auto: a quarter of the cores, at least one).
+    faiss_threads: int = Field(default=0, ge=0, le=256)
     hnsw_m: int = Field(default=32, ge=4)
 
     max_query_chars: int = Field(default=2048, ge=1)

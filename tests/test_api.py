@@ -233,3 +233,22 @@ def test_identity_expert_reuses_the_routing_pass(
     assert body["routing"]["expert"] == "same"
     assert ctx.encoder_batcher.stats.rows == rows + 1  # the routing pass only
     assert ctx.encoder.stats.loads == loads  # (loaded once at registration, to check it)
+
+
+def test_top_layer_expert_starts_from_the_routing_pass(
+    client: TestClient, adapters_root: str, adapter_a: Path
+) -> None:
+    """A routed query's expert pass runs only the expert's layers, from the routing pass's
+    hidden states, and gives the vector a full pass of that expert gives."""
+    from app.encoder import LoraEncoder
+    from tests.helpers import make_adapter
+
+    top = make_adapter(7, adapters_root, layers=(4, 5))
+    assert register(client, "code", top, CODE_QUERIES).status_code == 201
+    assert register(client, "aero", adapter_a, AERO_QUERIES).status_code == 201
+    query = "python sort dict by value"
+    routed = client.post("/v1/embeddings", json={"input": query}).json()["data"][0]
+    assert routed["expert"] == "code"
+    [reference] = LoraEncoder(lambda name: top).encode([query], ["code"])
+    assert np.abs(np.array(routed["embedding"]) - reference).max() <= 1e-5
+    assert "rr_expert_rows_reused_total 1.0" in client.get("/metrics").text

@@ -109,8 +109,11 @@ def test_top_layer_expert_reuses_the_routing_pass(adapters_root: str, adapter_a:
     dirs = {"top": top, "all": adapter_a}
     reference = LoraEncoder(lambda name: dirs[name]).encode(TEXTS, ["top"] * len(TEXTS))
     encoder = LoraEncoder(lambda name: dirs[name], reuse_layer=4)
-    encoder.encode(["warm"], ["top"])  # resident: the base pass now keeps hidden states
-    base = encoder.encode(TEXTS)
+    encoder.encode(["warm"], ["top"])  # resident: routing passes now keep hidden states
+    encoder.encode(TEXTS)  # a plain base pass (say, documents) keeps nothing
+    encoder.encode(TEXTS, ["top"] * len(TEXTS))
+    assert encoder.stats.reused_rows == 0
+    base = encoder.encode(TEXTS, routing=[True] * len(TEXTS))
     reused = encoder.encode(TEXTS, ["top"] * len(TEXTS))
     assert encoder.stats.reused_rows == len(TEXTS)
     assert np.abs(reused - reference).max() <= 1e-5
@@ -132,7 +135,7 @@ def test_replicas_share_routing_states_and_adapter_changes(
     replicas = EncoderReplicas(lambda name: dirs[name], count=2, reuse_layer=4)
     replicas.ensure_resident(["top", "all"])
     assert all(r.resident() == ["top", "all"] for r in replicas.replicas)
-    replicas.encode(TEXTS, replica=0)  # the routing pass on one worker ...
+    replicas.encode(TEXTS, routing=[True] * len(TEXTS), replica=0)  # routing on one worker ...
     reused = replicas.encode(TEXTS, ["top"] * len(TEXTS), replica=1)  # ... the expert's on another
     assert replicas.replicas[1].stats.reused_rows == len(TEXTS)
     assert np.abs(reused - reference).max() <= 1e-5

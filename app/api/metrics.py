@@ -89,6 +89,11 @@ class _StateCollector:
         yield GaugeMetricFamily(
             "rr_adapters_resident", "Adapters loaded", value=len(ctx.encoder.resident())
         )
+        yield CounterMetricFamily(
+            "rr_expert_rows_reused",
+            "Expert passes that ran only the top layers, from the routing pass's hidden states",
+            value=stats.reused_rows,
+        )
         depth = GaugeMetricFamily("rr_queue_depth", "Rows waiting per batcher", labels=["batcher"])
         batches = CounterMetricFamily("rr_batches", "Batches run per batcher", labels=["batcher"])
         for batcher in (ctx.encoder_batcher, ctx.search_batcher):

@@ -48,8 +48,6 @@ class PoolStats:
 # A bucket may waste at most this share of its padded tokens: one long text must not pad a
 # whole batch of short queries to its length.
 MAX_PADDING_WASTE = 0.3
-# Only query-sized texts keep hidden states for reuse (documents never get an expert pass).
-MAX_REUSE_TOKENS = 128
 
 
 def length_buckets(lengths: Sequence[int], max_rows: int) -> list[np.ndarray]:
@@ -183,16 +181,25 @@ class LoraEncoder:
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
         return [len(row) for row in ids["input_ids"]]
 
-    def encode(self, texts: Sequence[str], adapters: Sequence[str] | None = None) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        adapters: Sequence[str] | None = None,
+        routing: Sequence[bool] | None = None,
+    ) -> np.ndarray:
         """Embed `texts`; row i uses adapter `adapters[i]` (default: all base).
 
-        Returns float32 `(len(texts), dim)` rows with unit L2 norm. Rows are sorted by
-        length internally so short queries are not padded to the longest one.
+        `routing[i]`: row i is a query's routing pass, so an expert pass may follow and its
+        hidden states are kept for reuse (documents' base passes are not). Returns float32
+        `(len(texts), dim)` rows with unit L2 norm. Rows are sorted by length internally so
+        short queries are not padded to the longest one.
         """
         if adapters is None:
             adapters = [BASE] * len(texts)
-        if len(adapters) != len(texts):
-            raise ValueError("one adapter name per text")
+        if routing is None:
+            routing = [False] * len(texts)
+        if len(adapters) != len(texts) or len(routing) != len(texts):
+            raise ValueError("one adapter name (and routing flag) per text")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
@@ -209,7 +216,7 @@ class LoraEncoder:
             full = np.array([i for i in range(len(texts)) if i not in states], dtype=np.int64)
             for bucket in length_buckets([lengths[i] for i in full], self.batch_size):
                 rows = full[bucket]
-                out[rows] = self._forward(texts, tokens, rows, [adapters[i] for i in rows])
+                out[rows] = self._forward(texts, tokens, rows, adapters, routing)
             for bucket in length_buckets([lengths[i] for i in reusable], self.batch_size):
                 rows = reusable[bucket]
                 out[rows] = self._forward_from_hidden(
@@ -235,9 +242,16 @@ class LoraEncoder:
         )
 
     def _forward(
-        self, texts: Sequence[str], tokens: Any, rows: np.ndarray, adapters: list[str]
+        self,
+        texts: Sequence[str],
+        tokens: Any,
+        rows: np.ndarray,
+        all_adapters: Sequence[str],
+        routing: Sequence[bool],
     ) -> np.ndarray:
         torch = self._torch
+        adapters = [all_adapters[i] for i in rows]
+        remember = [j for j, i in enumerate(rows) if routing[i] and adapters[j] == BASE]
         batch = self.tokenizer.pad(
             {
                 "input_ids": [tokens["input_ids"][i] for i in rows],
@@ -245,7 +259,7 @@ class LoraEncoder:
             },
             return_tensors="pt",
         ).to(self.device)
-        keep = BASE in adapters and self._hidden is not None and self._hidden.wanted
+        keep = bool(remember) and self._hidden is not None and self._hidden.wanted
         with torch.inference_mode(), self._autocast():
             if all(a == BASE for a in adapters):
                 # The active adapter is the no-op anchor (B = 0): exactly the base model,
@@ -253,12 +267,11 @@ class LoraEncoder:
                 output = self.model(**batch, output_hidden_states=keep)
             else:
                 output = self.model(**batch, adapter_names=adapters, output_hidden_states=keep)
-            if keep:  # base rows: remember the input to the reuse layer
+            if keep:  # routing rows: remember the input to the reuse layer
                 states = output.hidden_states[self.reuse_layer]
                 lengths = batch["attention_mask"].sum(dim=1).tolist()
-                for j, i in enumerate(rows):
-                    if adapters[j] == BASE and lengths[j] <= MAX_REUSE_TOKENS:
-                        self._hidden.put(texts[i], states[j, : lengths[j]].clone())
+                for j in remember:
+                    self._hidden.put(texts[rows[j]], states[j, : lengths[j]].clone())
             return mean_pool(output.last_hidden_state, batch["attention_mask"]).cpu().numpy()
 
     def _forward_from_hidden(self, states: list[Any], adapters: list[str]) -> np.ndarray:

@@ -58,9 +58,13 @@ class EncoderReplicas:
         return len(self.replicas)
 
     def encode(
-        self, texts: Sequence[str], adapters: Sequence[str] | None = None, replica: int = 0
+        self,
+        texts: Sequence[str],
+        adapters: Sequence[str] | None = None,
+        routing: Sequence[bool] | None = None,
+        replica: int = 0,
     ) -> np.ndarray:
-        return self.replicas[replica].encode(texts, adapters)
+        return self.replicas[replica].encode(texts, adapters, routing)
 
     def ensure_resident(self, names: Sequence[str]) -> None:
         for encoder in self.replicas:

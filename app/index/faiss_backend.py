@@ -15,6 +15,19 @@ def faiss_module() -> Any:
     return faiss
 
 
+def set_search_threads(threads: int) -> int:
+    """FAISS's OpenMP threads per search (0 = auto: a quarter of the cores, at least one).
+
+    Batched flat search is memory-bound, and idle OpenMP workers spin: on the 2-core machine
+    two threads cost ~1.5-2x the CPU of one for the same search, CPU the encoder needs.
+    """
+    from app.encoder.base_model import usable_cores
+
+    threads = threads or max(1, usable_cores() // 4)
+    faiss_module().omp_set_num_threads(threads)
+    return threads
+
+
 @cache
 def gpu_resources() -> Any | None:
     """StandardGpuResources when this faiss build has GPU support and sees a GPU."""

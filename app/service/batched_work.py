@@ -16,6 +16,7 @@ from app.index import Hit, IndexStore
 class EncodeJob:
     texts: list[str]
     adapters: list[str]  # one per text; BASE for the plain model
+    routing: bool = False  # queries' routing pass: keep hidden states for the expert pass
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ def encode_batch(encoder: EncoderReplicas, replica: int = 0):
     def run(jobs: Sequence[EncodeJob]) -> list[np.ndarray]:
         texts = [t for job in jobs for t in job.texts]
         adapters = [a for job in jobs for a in job.adapters]
-        vectors = encoder.encode(texts, adapters, replica)
+        routing = [job.routing for job in jobs for _ in job.texts]
+        vectors = encoder.encode(texts, adapters, routing, replica)
         bounds = np.cumsum([0] + [len(job.texts) for job in jobs])
         return [vectors[bounds[i] : bounds[i + 1]] for i in range(len(jobs))]
 

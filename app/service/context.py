@@ -9,6 +9,7 @@ from app.encoder.base_model import pick_device, pick_precision, pick_workers
 from app.encoder.replicas import EncoderReplicas
 from app.experts.registry import ExpertRegistry
 from app.index import IndexStore
+from app.index.faiss_backend import set_search_threads
 from app.service.batched_work import encode_batch, search_batch
 from app.service.batcher import MicroBatcher
 from app.service.embedding_cache import EmbeddingCache
@@ -84,7 +85,14 @@ class ServiceContext:
                 on_start=lambda: _warm_up_worker(threads),
                 **batching,
             ),
-            MicroBatcher("search", search_batch(indexes), settings.max_batch, **batching),
+            MicroBatcher(
+                "search",
+                search_batch(indexes),
+                settings.max_batch,
+                # OpenMP thread counts are per calling thread: set on the worker itself.
+                on_start=lambda: set_search_threads(settings.faiss_threads),
+                **batching,
+            ),
             EmbeddingCache(settings.embedding_cache_size),
         )
 

@@ -107,8 +107,13 @@ class RetrievalService:
         except NotFound:  # deleted meanwhile: let the encoder report it
             return False
 
-    async def _encode(self, texts: Sequence[str], experts: Sequence[str]) -> np.ndarray:
-        """Cached vectors where we have them; the rest in one batched forward pass."""
+    async def _encode(
+        self, texts: Sequence[str], experts: Sequence[str], routing: bool = False
+    ) -> np.ndarray:
+        """Cached vectors where we have them; the rest in one batched forward pass.
+
+        `routing`: the base pass that routes these queries (an expert pass may follow).
+        """
         cache = self.ctx.cache
         versions = [self._version(e) for e in experts]
         out = np.empty((len(texts), self.ctx.encoder.dim), dtype=np.float32)
@@ -130,6 +135,7 @@ class RetrievalService:
             job = EncodeJob(
                 [texts[i] for i in missing],
                 [BASE if self._is_base(experts[i]) else experts[i] for i in missing],
+                routing,
             )
             encoded = await self.ctx.encoder_batcher.submit(job, size=len(missing))
             for row, i in zip(encoded, missing, strict=True):
@@ -152,7 +158,7 @@ class RetrievalService:
             with self.ctx.registry.lease([model]):
                 vectors = await self._encode(texts, [model] * len(texts))
             return [Embedding(v, model) for v in vectors]
-        base = await self._encode(texts, [BASE_EXPERT] * len(texts))
+        base = await self._encode(texts, [BASE_EXPERT] * len(texts), routing=True)
 
         def choose(router: Router) -> tuple[list[str], list[str]]:
             chosen = [d.expert for d in router.route(base)]
@@ -181,7 +187,7 @@ class RetrievalService:
 
         base: np.ndarray | None = None
         if options.expert == AUTO:
-            base = await self._encode(queries, [BASE_EXPERT] * len(queries))
+            base = await self._encode(queries, [BASE_EXPERT] * len(queries), routing=True)
 
         def plan(router: Router) -> tuple[tuple[list[RoutingDecision], list[list[str]]], set[str]]:
             if base is not None:
