@@ -682,7 +682,8 @@ def main(
         "unique), round-robin over domains, one query per request, the same order for every "
         "variant and point.",
         f"Gateway: default settings, plus {settings} (the query-embedding cache would turn "
-        "repeated benchmark queries into cache hits); (d) also RR_MAX_BATCH=1 RR_MAX_WAIT_MS=0.",
+        "repeated benchmark queries into cache hits); (d) also RR_MAX_BATCH=1 RR_MAX_WAIT_MS=0; "
+        "(b) runs on a second gateway holding one expert, with RR_ROUTER_FALLBACK_THRESHOLD=-1.",
         f"Load: {requests} measured requests per point after a 64-request warm-up; closed loop; "
         f"each client is {one_client} with its own keep-alive connection; "
         f"concurrency {', '.join(map(str, levels))}.",
