@@ -138,6 +138,9 @@ class _QueryModel:
             self.model.save_pretrained(tmp)
             config = json.loads((Path(tmp) / "adapter_config.json").read_text())
             config["base_model_name_or_path"] = "sentence-transformers/all-MiniLM-L6-v2"
+            # peft keeps target_modules as a set: its order varies from process to process.
+            if isinstance(config.get("target_modules"), list):
+                config["target_modules"] = sorted(config["target_modules"])
             model_bytes = (Path(tmp) / "adapter_model.safetensors").read_bytes()
         return json.dumps(config, indent=2, sort_keys=True).encode(), model_bytes
 
