@@ -123,27 +123,12 @@ def test_duplicate_expert_is_409(api: TestClient, adapter_a: Path) -> None:
 
 def test_reserved_name_and_missing_pilots_are_422(api: TestClient, adapter_a: Path) -> None:
     files = adapter_files(adapter_a)
-    assert_error(
-        api.post(
-            "/admin/experts",
-            headers=AUTH,
-            data={"name": "base", "pilot_queries": '["q"]'},
-            files=files,
-        ),
-        422,
-    )
-    assert_error(
-        api.post("/admin/experts", headers=AUTH, data={"name": "nopilots"}, files=files), 422
-    )
-    assert_error(
-        api.post(
-            "/admin/experts",
-            headers=AUTH,
-            data={"name": "badpilots", "pilot_queries": "[1, 2"},
-            files=files,
-        ),
-        422,
-    )
+    for form in (
+        {"name": "base", "pilot_queries": '["q"]'},  # reserved name
+        {"name": "nopilots"},
+        {"name": "badpilots", "pilot_queries": "[1, 2"},  # not JSON
+    ):
+        assert_error(api.post("/admin/experts", headers=AUTH, data=form, files=files), 422)
 
 
 def test_malformed_and_mismatched_adapters_are_422(api: TestClient, adapter_a: Path) -> None:
