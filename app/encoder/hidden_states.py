@@ -47,9 +47,6 @@ class HiddenStateCache:
         """Whether any known expert could resume from the states (else keep none)."""
         return bool(self._readers)
 
-    def __contains__(self, text: str) -> bool:
-        return text in self._states
-
     def get(self, text: str) -> Any | None:
         with self._lock:
             state = self._states.get(text)

@@ -176,11 +176,6 @@ class LoraEncoder:
 
     # -- encoding -----------------------------------------------------------------------
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """Tokens each text costs after truncation (for usage reporting)."""
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
-        return [len(row) for row in ids["input_ids"]]
-
     def encode(
         self,
         texts: Sequence[str],

@@ -18,7 +18,7 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _warm_up_worker(threads: int) -> None:
+def _set_torch_threads(threads: int) -> None:
     """Per model thread: its intra-op thread count (a per-thread setting in torch)."""
     import torch
 
@@ -82,7 +82,7 @@ class ServiceContext:
                 "encoder",
                 [encode_batch(encoder, replica) for replica in range(workers)],
                 settings.max_batch,
-                on_start=lambda: _warm_up_worker(threads),
+                on_start=lambda: _set_torch_threads(threads),
                 **batching,
             ),
             MicroBatcher(
