@@ -213,31 +213,14 @@ def test_oversized_body_is_413(api: TestClient) -> None:
 
 
 def test_document_errors(api: TestClient) -> None:
-    assert_error(
-        api.put(
-            "/admin/experts/nope/documents",
-            headers=AUTH,
-            json={"documents": [{"id": "1", "text": "t"}]},
-        ),
-        404,
-    )
-    assert_error(api.put("/admin/experts/sci/documents", headers=AUTH, json={"documents": []}), 422)
-    assert_error(
-        api.put(
-            "/admin/experts/sci/documents",
-            headers=AUTH,
-            json={"documents": [{"id": "", "text": "t"}]},
-        ),
-        422,
-    )
-    assert_error(
-        api.put(
-            "/admin/experts/sci/documents",
-            headers=AUTH,
-            json={"documents": [{"id": "1", "text": ""}]},
-        ),
-        422,
-    )
+    def put(expert: str, documents: list[dict]):
+        return api.put(
+            f"/admin/experts/{expert}/documents", headers=AUTH, json={"documents": documents}
+        )
+
+    assert_error(put("nope", [{"id": "1", "text": "t"}]), 404)
+    for documents in ([], [{"id": "", "text": "t"}], [{"id": "1", "text": ""}]):
+        assert_error(put("sci", documents), 422)
     assert_error(api.delete("/admin/experts/sci/documents/missing", headers=AUTH), 404)
     assert_error(api.delete("/admin/experts/nope", headers=AUTH), 404)
 

@@ -38,12 +38,8 @@ class EncoderReplicas:
             LoraEncoder(locate_adapter, hidden_states=hidden, **encoder_options)
             for _ in range(count)
         ]
-        first = self.replicas[0]
-        self.device = first.device
-        self.precision = first.precision
-        self.max_seq_length = first.max_seq_length
-        self.module_shapes = first.module_shapes
-        self.reuse_layer = first.reuse_layer
+        self.max_seq_length = self.replicas[0].max_seq_length
+        self.module_shapes = self.replicas[0].module_shapes
         # Fast tokenizers must not be used from two threads at once: the request path's
         # token counting gets its own, behind a lock.
         self.tokenizer = load_tokenizer()

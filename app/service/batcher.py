@@ -87,10 +87,6 @@ class MicroBatcher:
             thread.start()
 
     @property
-    def workers(self) -> int:
-        return len(self._threads)
-
-    @property
     def pending(self) -> int:
         """Rows queued and not yet taken into a batch."""
         return self._pending_rows
