@@ -37,3 +37,9 @@ class Overloaded(ServiceError):
     """The request queue is full; the client should retry after a short pause."""
 
     code = "overloaded"
+
+
+class EncoderFailed(ServiceError):
+    """The exact encoder path failed (no shortcut was involved, or its fallback failed too)."""
+
+    code = "encoder_failed"

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
     Conflict,
+    EncoderFailed,
     InvalidAdapter,
     InvalidInput,
     NotFound,
@@ -29,6 +30,7 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     NotFound: 404,
     Conflict: 409,
     Unavailable: 503,
+    EncoderFailed: 503,
     Overloaded: 429,
 }
 # Back-pressure, not a timeout: tell clients when to come back.
@@ -68,7 +70,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         413: "request body too large",
         429: "queue full: retry after the Retry-After header's seconds",
         422: "invalid request, name or adapter",
-        503: "admin disabled or service unavailable",
+        503: "admin disabled, service unavailable, or the encoder failed on this request",
     }.items()
 }
 

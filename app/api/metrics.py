@@ -94,6 +94,23 @@ class _StateCollector:
             "Expert passes that ran only the top layers, from the routing pass's hidden states",
             value=stats.reused_rows,
         )
+        shortcuts = ctx.encoder.shortcuts
+        off = GaugeMetricFamily(
+            "rr_shortcut_degraded",
+            "Shortcut switched off for this process (1): the exact path serves instead",
+            labels=["shortcut"],
+        )
+        fallbacks = CounterMetricFamily(
+            "rr_shortcut_fallbacks",
+            "Times the exact path stood in for a shortcut that raised",
+            labels=["shortcut"],
+        )
+        degraded = shortcuts.degraded
+        for name, count in shortcuts.fallbacks.items():
+            off.add_metric([name], float(name in degraded))
+            fallbacks.add_metric([name], count)
+        yield off
+        yield fallbacks
         depth = GaugeMetricFamily("rr_queue_depth", "Rows waiting per batcher", labels=["batcher"])
         batches = CounterMetricFamily("rr_batches", "Batches run per batcher", labels=["batcher"])
         for batcher in (ctx.encoder_batcher, ctx.search_batcher):

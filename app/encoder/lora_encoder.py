@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from app.encoder import hf_private
 from app.encoder.base_model import (
     EMBEDDING_DIM,
     linear_module_shapes,
@@ -27,10 +28,21 @@ from app.encoder.base_model import (
 )
 from app.encoder.hidden_states import HiddenStateCache
 from app.errors import InvalidAdapter
+from app.shortcuts import HIDDEN_STATE_REUSE, Shortcuts
 
 BASE = "__base__"  # peft's name for "no adapter" rows in a mixed batch
 # A permanent no-op adapter (B = 0) keeps the PeftModel valid when every expert is evicted.
 _ANCHOR = "__anchor__"
+# A random top-layer adapter that exists only while the start-up self-check runs.
+_PROBE = "__reuse_probe__"
+PROBE_TEXTS = (
+    "what causes aircraft wing flutter at supersonic speed",
+    "python sort a dictionary by value",
+    "x",
+)
+# Hidden-state reuse must equal a full expert pass: within float32 rounding, or one bf16
+# rounding step when the passes run under bf16 autocast.
+REUSE_TOLERANCE = {"fp32": 1e-5, "bf16": 4e-3}
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
 
 AdapterLocator = Callable[[str], Path]
@@ -84,8 +96,10 @@ class LoraEncoder:
         precision: str = "fp32",
         reuse_layer: int | None = None,
         hidden_states: HiddenStateCache | None = None,
+        shortcuts: Shortcuts | None = None,
     ) -> None:
-        """`reuse_layer` builds a private hidden-state cache; replicas pass a shared one."""
+        """`reuse_layer` builds a private hidden-state cache; replicas pass a shared one
+        (and a shared `shortcuts` record, so a failed shortcut is off for all of them)."""
         import torch
         from peft import LoraConfig, get_peft_model
 
@@ -106,6 +120,7 @@ class LoraEncoder:
             hidden_states = HiddenStateCache(reuse_layer)
         self._hidden = hidden_states
         self.reuse_layer = None if hidden_states is None else hidden_states.layer
+        self.shortcuts = shortcuts if shortcuts is not None else Shortcuts()
         self._lock = threading.RLock()
         self.stats = PoolStats()
 
@@ -207,26 +222,47 @@ class LoraEncoder:
             # Fetched once: another replica may evict them from the shared cache meanwhile.
             found = {i: self._reusable(texts[i], adapters[i]) for i in range(len(texts))}
             states = {i: state for i, state in found.items() if state is not None}
-            reusable = np.array(sorted(states), dtype=np.int64)
-            full = np.array([i for i in range(len(texts)) if i not in states], dtype=np.int64)
-            for bucket in length_buckets([lengths[i] for i in full], self.batch_size):
-                rows = full[bucket]
+            exact = [i for i in range(len(texts)) if i not in states]
+            if states:
+                try:
+                    self._encode_from_hidden(out, states, adapters, lengths)
+                    self.stats.reused_rows += len(states)
+                except Exception as exc:  # the shortcut never fails a request
+                    self.shortcuts.failed(HIDDEN_STATE_REUSE, exc)
+                    exact = list(range(len(texts)))
+            rows_to_run = np.array(exact, dtype=np.int64)
+            for bucket in length_buckets([lengths[i] for i in rows_to_run], self.batch_size):
+                rows = rows_to_run[bucket]
                 out[rows] = self._forward(texts, tokens, rows, adapters, routing)
-            for bucket in length_buckets([lengths[i] for i in reusable], self.batch_size):
-                rows = reusable[bucket]
-                out[rows] = self._forward_from_hidden(
-                    [states[i] for i in rows], [adapters[i] for i in rows]
-                )
-            self.stats.reused_rows += len(reusable)
             self._evict_down_to(self.capacity, keep=set())
         return out
+
+    def _encode_from_hidden(
+        self, out: np.ndarray, states: dict[int, Any], adapters: Sequence[str], lengths: list[int]
+    ) -> None:
+        reusable = np.array(sorted(states), dtype=np.int64)
+        for bucket in length_buckets([lengths[i] for i in reusable], self.batch_size):
+            rows = reusable[bucket]
+            out[rows] = self._forward_from_hidden(
+                [states[i] for i in rows], [adapters[i] for i in rows]
+            )
 
     def _reusable(self, text: str, adapter: str) -> Any | None:
         """The routing pass's hidden state for `text`, if `adapter`'s pass may start there."""
         hidden = self._hidden
-        if hidden is None or adapter == BASE or not hidden.can_start_from(adapter):
+        if hidden is None or adapter == BASE or not self.shortcuts.enabled(HIDDEN_STATE_REUSE):
+            return None
+        if not hidden.can_start_from(adapter):
             return None
         return hidden.get(text)
+
+    @property
+    def _keeps_states(self) -> bool:
+        return (
+            self._hidden is not None
+            and self._hidden.wanted
+            and self.shortcuts.enabled(HIDDEN_STATE_REUSE)
+        )
 
     def _autocast(self) -> Any:
         torch = self._torch
@@ -247,14 +283,8 @@ class LoraEncoder:
         torch = self._torch
         adapters = [all_adapters[i] for i in rows]
         remember = [j for j, i in enumerate(rows) if routing[i] and adapters[j] == BASE]
-        batch = self.tokenizer.pad(
-            {
-                "input_ids": [tokens["input_ids"][i] for i in rows],
-                "attention_mask": [tokens["attention_mask"][i] for i in rows],
-            },
-            return_tensors="pt",
-        ).to(self.device)
-        keep = bool(remember) and self._hidden is not None and self._hidden.wanted
+        batch = self._pad(tokens, rows)
+        keep = bool(remember) and self._keeps_states
         with torch.inference_mode(), self._autocast():
             if all(a == BASE for a in adapters):
                 # The active adapter is the no-op anchor (B = 0): exactly the base model,
@@ -269,6 +299,15 @@ class LoraEncoder:
                     self._hidden.put(texts[rows[j]], states[j, : lengths[j]].clone())
             return mean_pool(output.last_hidden_state, batch["attention_mask"]).cpu().numpy()
 
+    def _pad(self, tokens: Any, rows: np.ndarray) -> Any:
+        return self.tokenizer.pad(
+            {
+                "input_ids": [tokens["input_ids"][i] for i in rows],
+                "attention_mask": [tokens["attention_mask"][i] for i in rows],
+            },
+            return_tensors="pt",
+        ).to(self.device)
+
     def _forward_from_hidden(self, states: list[Any], adapters: list[str]) -> np.ndarray:
         """Run only the layers from `reuse_layer` up, from the base pass's hidden states."""
         torch = self._torch
@@ -282,15 +321,69 @@ class LoraEncoder:
         with (
             torch.inference_mode(),
             self._autocast(),
-            self.model._enable_peft_forward_hooks(adapter_names=adapters),
+            hf_private.adapter_rows(self.model, adapters),
         ):
-            extended, _ = bert._create_attention_masks(
-                attention_mask=mask,
-                encoder_attention_mask=None,
-                embedding_output=hidden,
-                encoder_hidden_states=None,
-                past_key_values=None,
-            )
+            extended = hf_private.encoder_attention_mask(bert, mask, hidden)
             for layer in bert.encoder.layer[self.reuse_layer :]:
-                hidden = layer(hidden, attention_mask=extended)
+                hidden = hf_private.run_layer(layer, hidden, extended)
             return mean_pool(hidden, mask).cpu().numpy()
+
+    # -- start-up self-check ---------------------------------------------------------------
+
+    def check_reuse(self, texts: Sequence[str] = PROBE_TEXTS) -> float | None:
+        """Compare hidden-state reuse with a full pass of a random top-layer adapter on
+        `texts`; switch reuse off for the process if they differ or the check raises.
+
+        Returns the max abs difference, or None when reuse is not configured or is off.
+        """
+        if self._hidden is None or not self.shortcuts.enabled(HIDDEN_STATE_REUSE):
+            return None
+        tolerance = REUSE_TOLERANCE.get(self.precision, REUSE_TOLERANCE["fp32"])
+        try:
+            with self._lock:
+                difference = self._reuse_difference(list(texts))
+        except Exception as exc:
+            reason = f"self-check raised {type(exc).__name__}: {exc}"
+            self.shortcuts.switch_off(HIDDEN_STATE_REUSE, reason)
+            return None
+        if not difference <= tolerance:  # NaN fails too
+            reason = f"self-check max abs diff {difference:.3g} > {tolerance:g}"
+            self.shortcuts.switch_off(HIDDEN_STATE_REUSE, reason)
+        return difference
+
+    def _reuse_difference(self, texts: list[str]) -> float:
+        torch = self._torch
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
+        rows = np.arange(len(texts))
+        batch = self._pad(tokens, rows)
+        with torch.inference_mode(), self._autocast():
+            output = self.model(**batch, output_hidden_states=True)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        states = [
+            output.hidden_states[self.reuse_layer][j, : lengths[j]].clone()
+            for j in range(len(texts))
+        ]
+        self._add_probe_adapter()
+        try:
+            probe = [_PROBE] * len(texts)
+            full = self._forward(texts, tokens, rows, probe, [False] * len(texts))
+            reused = self._forward_from_hidden(states, probe)
+        finally:
+            self.model.delete_adapter(_PROBE)
+        return float(np.abs(full - reused).max())
+
+    def _add_probe_adapter(self) -> None:
+        from peft import LoraConfig
+
+        layers = len(self.model.get_base_model().encoder.layer)
+        config = LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["query", "key", "value", "dense"],
+            layers_to_transform=list(range(self.reuse_layer, layers)),
+            init_lora_weights=False,  # random A and B: the probe really changes the output
+        )
+        with self._torch.random.fork_rng(devices=[]):
+            self._torch.manual_seed(0)
+            self.model.add_adapter(_PROBE, config)
+        self.model.eval()

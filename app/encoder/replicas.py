@@ -10,6 +10,7 @@ routing pass.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import fields
@@ -19,6 +20,9 @@ import numpy as np
 from app.encoder.base_model import EMBEDDING_DIM, load_tokenizer
 from app.encoder.hidden_states import HiddenStateCache
 from app.encoder.lora_encoder import AdapterLocator, LoraEncoder, PoolStats
+from app.shortcuts import HIDDEN_STATE_REUSE, Shortcuts
+
+log = logging.getLogger(__name__)
 
 
 class EncoderReplicas:
@@ -29,15 +33,20 @@ class EncoderReplicas:
         locate_adapter: AdapterLocator,
         count: int = 1,
         reuse_layer: int | None = None,
+        shortcuts: Shortcuts | None = None,
         **encoder_options,  # noqa: ANN003 - LoraEncoder's keyword options
     ) -> None:
         if count < 1:
             raise ValueError("at least one replica")
         hidden = None if reuse_layer is None else HiddenStateCache(reuse_layer)
+        self.shortcuts = shortcuts if shortcuts is not None else Shortcuts()
         self.replicas = [
-            LoraEncoder(locate_adapter, hidden_states=hidden, **encoder_options)
+            LoraEncoder(
+                locate_adapter, hidden_states=hidden, shortcuts=self.shortcuts, **encoder_options
+            )
             for _ in range(count)
         ]
+        self.reuse_check: list[float | None] = []  # max abs diff per replica at start-up
         self.max_seq_length = self.replicas[0].max_seq_length
         self.module_shapes = self.replicas[0].module_shapes
         # Fast tokenizers must not be used from two threads at once: the request path's
@@ -46,9 +55,14 @@ class EncoderReplicas:
         self._tokenizer_lock = threading.Lock()
 
     def warm_up(self) -> None:
-        """The first forward pass of a model is slow: not a user's request."""
+        """The first forward pass of a model is slow: not a user's request. Then each replica
+        checks hidden-state reuse against a full pass (off for all of them if one fails)."""
         for encoder in self.replicas:
             encoder.encode(["warm up"])
+        self.reuse_check = [encoder.check_reuse() for encoder in self.replicas]
+        checked = [d for d in self.reuse_check if d is not None]
+        if checked and self.shortcuts.enabled(HIDDEN_STATE_REUSE):
+            log.info("hidden-state reuse self-check passed: max abs diff %.2e", max(checked))
 
     def __len__(self) -> int:
         return len(self.replicas)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,7 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.encoder.replicas import EncoderReplicas
+from app.errors import EncoderFailed, ServiceError
 from app.index import Hit, IndexStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,13 @@ def encode_batch(encoder: EncoderReplicas, replica: int = 0):
         texts = [t for job in jobs for t in job.texts]
         adapters = [a for job in jobs for a in job.adapters]
         routing = [job.routing for job in jobs for _ in job.texts]
-        vectors = encoder.encode(texts, adapters, routing, replica)
+        try:
+            vectors = encoder.encode(texts, adapters, routing, replica)
+        except ServiceError:
+            raise
+        except Exception as exc:  # shortcuts already fell back inside: the exact path failed
+            log.exception("encoder failed on a batch of %d rows", len(texts))
+            raise EncoderFailed(f"the encoder failed ({type(exc).__name__}); retry") from exc
         bounds = np.cumsum([0] + [len(job.texts) for job in jobs])
         return [vectors[bounds[i] : bounds[i + 1]] for i in range(len(jobs))]
 

@@ -22,6 +22,7 @@ from app.replication.shared_cache import SharedEmbeddingCache
 from app.routing import Router, RoutingDecision
 from app.service.batched_work import EncodeJob, SearchJob
 from app.service.context import ServiceContext
+from app.shortcuts import EMBEDDING_CACHE, IDENTITY_EXPERT_SKIP, SHARED_EMBEDDING_CACHE
 
 RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al., 2009)
 
@@ -64,6 +65,7 @@ class RetrievalService:
         self.ctx = ctx
         self.settings = ctx.settings
         self.shared_cache = shared_cache
+        self.shortcuts = ctx.encoder.shortcuts
 
     # -- validation ----------------------------------------------------------------------
 
@@ -99,13 +101,48 @@ class RetrievalService:
         return f"{expert}@{self.ctx.registry.get(expert).spec.adapter_sha256}"
 
     def _is_base(self, expert: str) -> bool:
-        """The plain base model, or an expert whose adapter leaves it unchanged."""
+        """The plain base model, or an expert whose adapter leaves it unchanged (a shortcut:
+        its rows reuse base vectors; when it is off they run the expert's adapter)."""
         if expert == BASE_EXPERT:
             return True
+        if not self.shortcuts.enabled(IDENTITY_EXPERT_SKIP):
+            return False
         try:
-            return self.ctx.registry.get(expert).identity
+            return bool(self.ctx.registry.get(expert).identity)
         except NotFound:  # deleted meanwhile: let the encoder report it
             return False
+        except Exception as exc:
+            self.shortcuts.failed(IDENTITY_EXPERT_SKIP, exc)
+            return False
+
+    def _cached(self, text: str, version: str) -> np.ndarray | None:
+        try:
+            vector = self.ctx.cache.get(text, version)
+            if vector is not None and vector.shape != (self.ctx.encoder.dim,):
+                raise ValueError(f"cached vector has shape {vector.shape}")
+            return vector
+        except Exception as exc:  # a miss: the encoder computes it
+            self.shortcuts.failed(EMBEDDING_CACHE, exc, switch_off=False)
+            return None
+
+    def _remember(self, text: str, version: str, vector: np.ndarray) -> None:
+        try:
+            self.ctx.cache.put(text, version, vector)
+        except Exception as exc:
+            self.shortcuts.failed(EMBEDDING_CACHE, exc, switch_off=False)
+
+    async def _shared_lookup(self, texts: list[str], versions: list[str]) -> list:
+        if self.shared_cache is None:
+            return [None] * len(texts)
+        try:
+            found = await self.shared_cache.get_many(list(zip(texts, versions, strict=True)))
+            for vector in found:
+                if vector is not None and vector.shape != (self.ctx.encoder.dim,):
+                    raise ValueError(f"shared cache vector has shape {vector.shape}")
+            return found
+        except Exception as exc:  # misses: the encoder computes them
+            self.shortcuts.failed(SHARED_EMBEDDING_CACHE, exc, switch_off=False)
+            return [None] * len(texts)
 
     async def _encode(
         self, texts: Sequence[str], experts: Sequence[str], routing: bool = False
@@ -114,22 +151,23 @@ class RetrievalService:
 
         `routing`: the base pass that routes these queries (an expert pass may follow).
         """
-        cache = self.ctx.cache
         versions = [self._version(e) for e in experts]
         out = np.empty((len(texts), self.ctx.encoder.dim), dtype=np.float32)
         missing = []
         for i, (text, version) in enumerate(zip(texts, versions, strict=True)):
-            cached = cache.get(text, version)
+            cached = self._cached(text, version)
             if cached is None:
                 missing.append(i)
             else:
                 out[i] = cached
         if missing and self.shared_cache is not None:
-            found = await self.shared_cache.get_many([(texts[i], versions[i]) for i in missing])
+            found = await self._shared_lookup(
+                [texts[i] for i in missing], [versions[i] for i in missing]
+            )
             for i, vector in zip(missing, found, strict=True):
                 if vector is not None:
                     out[i] = vector
-                    cache.put(texts[i], versions[i], vector)
+                    self._remember(texts[i], versions[i], vector)
             missing = [i for i, vector in zip(missing, found, strict=True) if vector is None]
         if missing:
             job = EncodeJob(
@@ -140,9 +178,14 @@ class RetrievalService:
             encoded = await self.ctx.encoder_batcher.submit(job, size=len(missing))
             for row, i in zip(encoded, missing, strict=True):
                 out[i] = row
-                cache.put(texts[i], versions[i], row.copy())  # not a view of the whole batch
+                self._remember(texts[i], versions[i], row.copy())  # not a view of the batch
             if self.shared_cache is not None:
-                await self.shared_cache.put_many([(texts[i], versions[i], out[i]) for i in missing])
+                try:
+                    await self.shared_cache.put_many(
+                        [(texts[i], versions[i], out[i]) for i in missing]
+                    )
+                except Exception as exc:
+                    self.shortcuts.failed(SHARED_EMBEDDING_CACHE, exc, switch_off=False)
         return out
 
     async def route(self, queries: Sequence[str]) -> list[RoutingDecision]:

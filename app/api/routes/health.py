@@ -18,13 +18,15 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the encoder is loaded, every expert's index is readable and (with Redis)
-    the change log is caught up."""
+    the change log is caught up. `degraded` lists shortcuts switched off (with why): the
+    exact path serves instead, so they do not make the gateway unready."""
     ctx = getattr(request.app.state, "ctx", None)
     if ctx is None:
         return JSONResponse({"status": "starting"}, status_code=503)
     unreadable = [n for n in ctx.indexes.names() if not ctx.indexes.get(n).readable()]
     missing = [n for n in ctx.registry.names() if n not in ctx.indexes]
     caught_up = request.app.state.replication.ready
+    degraded = ctx.encoder.shortcuts.degraded
     bootstrap = request.app.state.bootstrap
     indexing = bootstrap is not None and not bootstrap.done()
     if unreadable or missing or not caught_up or indexing:
@@ -33,9 +35,11 @@ async def readyz(request: Request) -> JSONResponse:
             "status": status,
             "unreadable": unreadable,
             "missing": missing,
+            "degraded": degraded,
         }
         return JSONResponse(detail, status_code=503)
-    return JSONResponse({"status": "ready", "experts": len(ctx.registry.names())})
+    body = {"status": "ready", "experts": len(ctx.registry.names()), "degraded": degraded}
+    return JSONResponse(body)
 
 
 @router.get("/metrics", response_class=Response)
