@@ -7,15 +7,30 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export RR_DATASETS_DIR ?= ../shared/datasets
 
-.PHONY: install redis run test test-fast lint experts eval bench bench-latency bench-propagation clean
+.PHONY: install lock test-latest redis run test test-fast lint experts eval bench bench-latency \
+	bench-propagation clean
 
-# torch==2.13.0 first: on CPU machines here it is the CPU build on disk; a bare `torch`
-# requirement would otherwise pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[train,dev]"
+# Installs come from the lock (requirements/*.lock, made by `make lock`): every package pinned
+# with its hashes, so a fresh clone gets what CI tested. torch is not in the lock: it is the CPU
+# build here (this workplace's pip finds it on disk; elsewhere PyTorch's CPU index) and the CUDA
+# build on GPU hosts: `make install TORCH_INDEX=https://download.pytorch.org/whl/cu128`.
+TORCH_VERSION := 2.13.0
+TORCH_WHEELS := $(wildcard /opt/wheels/torch-$(TORCH_VERSION)*)
+TORCH_INDEX ?= $(if $(TORCH_WHEELS),,https://download.pytorch.org/whl/cpu)
+# Where uv (which reads no pip.conf) finds the same CPU torch when it resolves.
+UV_TORCH := $(if $(TORCH_WHEELS),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+UV := $(VENV)/bin/uv
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-emit-package torch
+LATEST_VENV ?= $(or $(TMPDIR),/tmp)/rr-test-latest
+
+# A new venv whenever the lock changes: packages a previous lock left behind must not linger.
+$(VENV)/.installed: pyproject.toml requirements/dev.lock
+	rm -rf $(VENV)
+	python3 -m venv $(VENV)
+	$(PIP) install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install -q --no-deps --require-hashes -r requirements/dev.lock
+	$(PIP) install -q --no-deps -e .
+	$(PIP) check
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,12 +47,37 @@ run: install
 test: install redis
 	$(PY) -m pytest -q
 
+# Refresh the lock after changing a dependency in pyproject.toml (pins still allowed are kept),
+# or with UPGRADE=1 to take the newest releases (after `make test-latest` passes).
+# dev.lock: service + train + dev extras (make, CI); service.lock: the service alone at the
+# same versions (Docker images).
+lock: install
+	UV_CUSTOM_COMPILE_COMMAND="make lock" $(UV) pip compile -q pyproject.toml --extra train \
+	  --extra dev --generate-hashes $(if $(UPGRADE),--upgrade) $(UV_TORCH) $(LOCK_TARGET) \
+	  -o requirements/dev.lock
+	UV_CUSTOM_COMPILE_COMMAND="make lock" $(UV) pip compile -q pyproject.toml \
+	  -c requirements/dev.lock --generate-hashes $(UV_TORCH) $(LOCK_TARGET) \
+	  -o requirements/service.lock
+
+# The suite on the newest versions pyproject.toml allows, in a throwaway venv: drift shows
+# here before a user meets it. Prints what differs from the lock first.
+test-latest: install redis
+	rm -rf $(LATEST_VENV)
+	$(UV) venv -q -p python3 $(LATEST_VENV)
+	$(UV) pip compile -q pyproject.toml --extra train --extra dev $(UV_TORCH) \
+	  --python-version 3.11 --no-emit-package torch -o $(LATEST_VENV)/latest.txt
+	$(PY) requirements/drift.py requirements/dev.lock $(LATEST_VENV)/latest.txt
+	VIRTUAL_ENV=$(LATEST_VENV) $(UV) pip install -q $(UV_TORCH) torch==$(TORCH_VERSION) \
+	  -r $(LATEST_VENV)/latest.txt
+	VIRTUAL_ENV=$(LATEST_VENV) $(UV) pip install -q --no-deps -e .
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider
+
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check app tests bench
-	$(VENV)/bin/ruff format --check app tests bench
+	$(VENV)/bin/ruff check app tests bench requirements docker
+	$(VENV)/bin/ruff format --check app tests bench requirements docker
 
 # Train the 10 domain experts, the multi-task baseline and the pilots from RR_DATASETS_DIR
 # (one torch thread per process: two on these shared cores made steps ~5x slower).

@@ -173,7 +173,7 @@ def nginx_size(value: str) -> int:
 
 
 def load_helper() -> Any:
-    spec = importlib.util.spec_from_file_location("pyproject_deps", DOCKER / "pyproject_deps.py")
+    spec = importlib.util.spec_from_file_location("lock_without", DOCKER / "lock_without.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -410,10 +410,8 @@ def test_dockerfile_base_image(kind: str) -> None:
     froms = [i for i in dockerfile(kind) if i.keyword == "FROM"]
     assert len(froms) == 1
     image = froms[0].args.split()[0]
-    if kind == "cpu":
-        assert image == "python:3.11-slim"
-    else:
-        assert image.startswith(("nvidia/cuda:", "pytorch/pytorch:")) and "cuda" in image
+    # One Python for both images: the lock is resolved for CPython 3.11 (CUDA comes in wheels).
+    assert image == "python:3.11-slim"
 
 
 @pytest.mark.parametrize("kind", sorted(DOCKERFILES))
@@ -438,14 +436,13 @@ def test_copy_sources_exist_in_the_build_context(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(DOCKERFILES))
-def test_dependencies_install_before_the_code_is_copied(kind: str) -> None:
+def test_dependencies_install_from_the_lock_before_the_code_is_copied(kind: str) -> None:
     instructions = dockerfile(kind)
     deps = next(
-        n
-        for n, i in enumerate(instructions)
-        if i.keyword == "RUN" and "pyproject_deps.py" in i.args
+        n for n, i in enumerate(instructions) if i.keyword == "RUN" and "--require-hashes" in i.args
     )
-    assert "pip install -r" in instructions[deps].args
+    assert re.search(r"pip install --no-deps --require-hashes -r \S+", instructions[deps].args)
+    assert "requirements/service.lock" in instructions[deps].args
     copy_app = next(
         n
         for n, i in enumerate(instructions)
@@ -453,7 +450,8 @@ def test_dependencies_install_before_the_code_is_copied(kind: str) -> None:
     )
     assert deps < copy_app, "dependencies must be installed in a layer before COPY app/"
     before = {s for i in instructions[:deps] if i.keyword == "COPY" for s in copy_parts(i)[1]}
-    assert before == {"pyproject.toml", "docker/pyproject_deps.py"}, before
+    assert before <= {"requirements/service.lock", "docker/lock_without.py"}, before
+    assert "requirements/service.lock" in before
     project = next(
         n
         for n, i in enumerate(instructions)
@@ -464,7 +462,6 @@ def test_dependencies_install_before_the_code_is_copied(kind: str) -> None:
         n for n, i in enumerate(instructions) if i.keyword == "RUN" and "torch==" in i.args
     )
     assert torch < deps
-    assert "--exclude torch" in instructions[deps].args
 
 
 @pytest.mark.parametrize("kind", sorted(DOCKERFILES))
@@ -482,17 +479,14 @@ def test_torch_build_matches_the_image(kind: str) -> None:
 
 def test_gpu_image_swaps_faiss_cpu_for_gpu_faiss() -> None:
     instructions = dockerfile("gpu")
-    deps = next(
-        i.args for i in instructions if i.keyword == "RUN" and "pyproject_deps.py" in i.args
-    )
-    assert "--exclude faiss-cpu" in deps
+    deps = next(i.args for i in instructions if i.keyword == "RUN" and "lock_without.py" in i.args)
+    assert "requirements/service.lock faiss-cpu" in deps
     args = {k: v for i in instructions if i.keyword == "ARG" for k, _, v in [i.args.partition("=")]}
-    assert args["FAISS_GPU_REQUIREMENT"].startswith("faiss-gpu")
+    assert re.fullmatch(r"faiss-gpu\S*==\S+", args["FAISS_GPU_REQUIREMENT"])  # pinned exactly
     assert "${FAISS_GPU_REQUIREMENT}" in deps
-    cpu_deps = next(
-        i.args for i in dockerfile("cpu") if i.keyword == "RUN" and "pyproject_deps.py" in i.args
-    )
-    assert "faiss" not in cpu_deps  # the CPU image keeps pyproject's faiss-cpu
+    assert "! pip show faiss-cpu" in deps
+    cpu_deps = [i.args for i in dockerfile("cpu") if i.keyword == "RUN" and "faiss" in i.args]
+    assert not cpu_deps  # the CPU image keeps the lock's faiss-cpu
 
 
 @pytest.mark.parametrize("kind", sorted(DOCKERFILES))
@@ -545,27 +539,28 @@ def test_both_images_run_as_the_same_uid() -> None:
 # ------------------------------------------------------------- helpers shipped in docker/
 
 
-def test_pyproject_deps_helper_reads_the_real_pyproject() -> None:
+def test_lock_without_drops_whole_entries_of_the_real_lock() -> None:
     helper = load_helper()
-    import tomllib
-
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert helper.dependencies(ROOT / "pyproject.toml") == declared
-    kept = helper.dependencies(ROOT / "pyproject.toml", ["torch", "faiss-cpu"])
-    assert kept == [r for r in declared if not r.startswith(("torch", "faiss-cpu"))]
-    assert len(kept) == len(declared) - 2
+    lock = (ROOT / "requirements" / "service.lock").read_text()
+    kept = helper.without(lock, ["faiss-cpu"])
+    assert "faiss-cpu==" in lock and "faiss-cpu==" not in kept
+    assert kept.count("==") == lock.count("==") - 1
+    dropped = set(lock.splitlines()) - set(kept.splitlines())
+    assert all("faiss" in line or "--hash" in line or "#" in line for line in dropped), dropped
+    assert helper.without(lock, []) == lock
     with pytest.raises(SystemExit):  # a renamed dependency must break the image build
-        helper.dependencies(ROOT / "pyproject.toml", ["faiss-gpu"])
+        helper.without(lock, ["faiss-gpu"])
 
 
-def test_every_excluded_dependency_exists() -> None:
+def test_every_excluded_package_is_in_the_lock() -> None:
     helper = load_helper()
+    lock = (ROOT / "requirements" / "service.lock").read_text()
     for kind in DOCKERFILES:
         for inst in dockerfile(kind):
-            if inst.keyword == "RUN" and "pyproject_deps.py" in inst.args:
-                excluded = re.findall(r"--exclude (\S+)", inst.args)
+            if inst.keyword == "RUN" and "lock_without.py" in inst.args:
+                excluded = re.findall(r"service\.lock ((?:[\w-]+ ?)+)>", inst.args)
                 assert excluded
-                helper.dependencies(ROOT / "pyproject.toml", excluded)  # SystemExit if unknown
+                helper.without(lock, excluded[0].split())  # SystemExit if unknown
 
 
 # --------------------------------------------------------------------------- nginx
@@ -649,7 +644,8 @@ def test_dockerignore_keeps_the_image_inputs_and_drops_local_state() -> None:
         "pyproject.toml",
         "README.md",
         "experts",
-        "docker/pyproject_deps.py",
+        "docker/lock_without.py",
+        "requirements/service.lock",
         "docker/seed-experts.sh",
     ):
         assert not is_ignored(kept, rules), kept
