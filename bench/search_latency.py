@@ -57,6 +57,7 @@ def _make_adapter(seed: int, out: Path, layers: list[int] | None = None) -> tupl
 
 
 def build(root: Path, docs: int) -> None:
+    from app.core.pilots import centroid_pilots
     from app.encoder import LoraEncoder
     from app.experts.artifacts import write_expert
     from app.index import Document, IndexStore
@@ -66,8 +67,8 @@ def build(root: Path, docs: int) -> None:
     rng = np.random.default_rng(0)
     for seed, (name, examples) in enumerate(EXPERTS.items()):
         config, model = _make_adapter(seed, root / "adapters" / name)
-        pilots = encoder.encode(examples).mean(axis=0, keepdims=True)
-        write_expert(root / "experts", name, config, model, pilots / np.linalg.norm(pilots))
+        pilots = centroid_pilots(encoder.encode(examples))
+        write_expert(root / "experts", name, config, model, pilots)
         vectors = rng.normal(size=(docs, encoder.dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         documents = [Document(f"{name}-{i}", f"document {i} of {name}") for i in range(docs)]

@@ -130,6 +130,7 @@ def build_experts(
     lora_layers: list[int] | None = None,
 ) -> tuple[list[str], str]:
     """Fill root/experts and root/indexes; returns (expert names, description of source)."""
+    from app.core.pilots import centroid_pilots
     from app.encoder import LoraEncoder
     from app.experts.artifacts import write_expert
     from app.index import Document, IndexStore
@@ -161,13 +162,13 @@ def build_experts(
         for i, domain in enumerate(domains):
             config, model = _make_adapter(seed + i, root / "adapters" / domain.name, lora_layers)
             sample = [domain.train[j] for j in rng.permutation(len(domain.train))[:pilot_queries]]
-            pilot = encoder.encode(sample).mean(axis=0, keepdims=True)
+            pilot = centroid_pilots(encoder.encode(sample))
             write_expert(
                 experts_dir,
                 domain.name,
                 config,
                 model,
-                pilot / np.linalg.norm(pilot),
+                pilot,
                 description=f"bench: random LoRA, pilot = centroid of {domain.name} train queries",
             )
             names.append(domain.name)

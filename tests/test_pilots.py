@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.routing.router import Router
+from app.core.router import Router
 from app.training.build_pilots import DomainScores, compare_rules, make_pilots
 from app.training.pilots import (
     BASE_LABEL,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.routing import Router
+from app.core.router import Router
 
 PILOTS = {
     "aero": np.array([[0.0, 0.0, 1.0], [0.6, 0.8, 0.0]], dtype=np.float32),

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.names import BASE_EXPERT
 from app.data.beir import (
     Benchmark,
     BenchmarkSet,
@@ -27,7 +28,7 @@ from app.evaluation.runs import Choice, EvalSet, Run, ServiceIndexes, paper_run
 
 log = logging.getLogger(__name__)
 METRICS = ("ndcg@10", "recall@100")
-BASE = "base"
+BASE = BASE_EXPERT
 
 
 @dataclass
@@ -130,12 +131,12 @@ def run_eval(
     k: int = 100,
     seed: int = 13,
 ) -> EvalResult:
+    from app.core.router import Router
     from app.encoder.lora_encoder import BASE as BASE_ADAPTER
     from app.encoder.lora_encoder import LoraEncoder
     from app.errors import NotFound
     from app.evaluation.bm25 import bm25_search
     from app.experts.artifacts import list_expert_dirs, read_expert
-    from app.routing.router import Router
 
     experts = {p.name: read_expert(p) for p in list_expert_dirs(experts_dir)}
     adapters = {name: e.path for name, e in experts.items()}

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from app.core.names import check_name
 from app.encoder.base_model import BASE_MODEL_NAME
 from app.errors import NotFound
-from app.experts.names import check_name
 from app.experts.validation import adapter_is_identity
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -17,6 +17,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from app.core.names import BASE_EXPERT, check_name
+from app.core.router import Aggregation, Router
 from app.errors import Conflict, NotFound
 from app.experts.artifacts import (
     ADAPTER_MODEL,
@@ -26,9 +28,6 @@ from app.experts.artifacts import (
     remove_expert,
     write_expert,
 )
-from app.experts.names import BASE_EXPERT, check_name
-from app.routing import Router
-from app.routing.router import Aggregation
 
 T = TypeVar("T")
 

@@ -8,8 +8,8 @@ import threading
 import uuid
 from pathlib import Path
 
+from app.core.names import check_name
 from app.errors import NotFound
-from app.experts.names import check_name
 from app.index.expert_index import DB_FILE, ExpertIndex
 
 

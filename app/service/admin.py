@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from app.core.names import RESERVED, check_name
+from app.core.pilots import centroid_pilots
 from app.encoder import BASE
 from app.encoder.documents import document_text
 from app.errors import Conflict, InvalidInput, NotFound
 from app.experts.artifacts import Expert
-from app.experts.names import RESERVED, check_name
 from app.experts.validation import normalize_pilots, parse_pilots, validate_adapter
 from app.index import Document
 from app.replication.changes import DocumentDeleted, DocumentsUpserted, ExpertAdded, ExpertRemoved
@@ -93,7 +94,7 @@ class AdminService:
         embedded = await self.embed_documents(list(queries))  # base space, like documents
         # Without relevance labels the paper's per-query expert labelling is impossible:
         # the expert's pilot is the plain centroid of its example queries.
-        return normalize_pilots(embedded.mean(axis=0), self.ctx.encoder.dim)
+        return normalize_pilots(centroid_pilots(embedded), self.ctx.encoder.dim)
 
     async def delete_expert(self, name: str) -> None:
         """Stop routing to it, let in-flight requests finish, then drop adapter and index."""

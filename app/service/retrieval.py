@@ -8,39 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.core.fusion import RankedHit, fuse_plans
+from app.core.names import AUTO, BASE_EXPERT, check_name
+from app.core.planning import Key, Plan, SearchOptions, encoders_for, search_jobs
+from app.core.router import Router, RoutingDecision
 from app.encoder import BASE
 from app.errors import InvalidInput, NotFound
-from app.experts.names import AUTO, BASE_EXPERT, check_name
 from app.index import Hit
 from app.replication.shared_cache import SharedEmbeddingCache
-from app.routing import Router, RoutingDecision
 from app.service.batched_work import EncodeJob, SearchJob
 from app.service.context import ServiceContext
 from app.shortcuts import EMBEDDING_CACHE, IDENTITY_EXPERT_SKIP, SHARED_EMBEDDING_CACHE
-
-RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al., 2009)
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    k: int = 10
-    expert: str = AUTO  # "auto" (route), "base", or an expert name
-    index: str | None = None  # pin the index searched; None = the encoding expert's own
-    top_experts: int = 1
-    include_text: bool = True
-
-
-@dataclass(frozen=True)
-class RankedHit:
-    hit: Hit
-    score: float
-    expert: str  # whose encoder embedded the query for this hit ("base" on fallback)
 
 
 @dataclass
@@ -237,7 +220,7 @@ class RetrievalService:
                 decisions = router.route(base)
             else:
                 decisions = [RoutingDecision(options.expert, {}, False)] * len(queries)
-            plans = [self._encoders_for(d, options) for d in decisions]
+            plans = [encoders_for(d, options) for d in decisions]
             return (decisions, plans), {e for p in plans for e in p}
 
         with self.ctx.registry.routed_lease(plan) as (decisions, plans):
@@ -259,22 +242,14 @@ class RetrievalService:
             for hits, decision in zip(ranked, decisions, strict=True)
         ]
 
-    @staticmethod
-    def _encoders_for(decision: RoutingDecision, options: SearchOptions) -> list[str]:
-        if decision.fallback or decision.expert == BASE_EXPERT:
-            return [BASE_EXPERT]
-        if options.expert == AUTO:
-            return decision.top(options.top_experts)
-        return [options.expert]
-
     async def _plan_vectors(
-        self, queries: Sequence[str], plans: list[list[str]], base: np.ndarray | None
-    ) -> dict[tuple[int, str], np.ndarray]:
+        self, queries: Sequence[str], plans: list[Plan], base: np.ndarray | None
+    ) -> dict[Key, np.ndarray]:
         """One mixed-adapter pass for every (query, expert) pair the plans need."""
         pairs = [(qi, e) for qi, plan in enumerate(plans) for e in plan]
         reuse = {e for _, e in pairs if base is not None and self._is_base(e)}
         todo = [(qi, e) for qi, e in pairs if e not in reuse]
-        out: dict[tuple[int, str], np.ndarray] = {}
+        out: dict[Key, np.ndarray] = {}
         if todo:
             encoded = await self._encode([queries[qi] for qi, _ in todo], [e for _, e in todo])
             out.update(zip(todo, encoded, strict=True))
@@ -284,42 +259,29 @@ class RetrievalService:
 
     async def _search_plans(
         self,
-        plans: list[list[str]],
-        vectors: dict[tuple[int, str], np.ndarray],
+        plans: list[Plan],
+        vectors: dict[Key, np.ndarray],
         options: SearchOptions,
     ) -> list[list[RankedHit]]:
-        # Group every (query, expert) vector by the index it must search, then one batched
-        # FAISS call per index.
-        jobs: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for qi, expert in vectors:
-            for index in self._targets(expert, options):
-                jobs[index].append((qi, expert))
+        # The core groups every (query, expert) vector by the index it searches: one
+        # batched FAISS call per index, then the core's fusion.
+        jobs = search_jobs(plans, options, self.ctx.indexes.names())
         per_index = await asyncio.gather(
             *(self._search_index(name, keys, vectors, options) for name, keys in jobs.items())
         )
-        lists: dict[tuple[int, str], list[Hit]] = defaultdict(list)
+        lists: dict[Key, list[Hit]] = {}
         for result in per_index:
             for key, hits in result.items():
-                lists[key].extend(hits)
-        return [
-            self._fuse([(e, lists[(qi, e)]) for e in plan], options.k)
-            for qi, plan in enumerate(plans)
-        ]
-
-    def _targets(self, expert: str, options: SearchOptions) -> list[str]:
-        if options.index is not None:
-            return [options.index]
-        if expert == BASE_EXPERT:
-            return self.ctx.indexes.names()  # fallback: every index, merged by score
-        return [expert]
+                lists.setdefault(key, []).extend(hits)
+        return fuse_plans(plans, lists, options.k)
 
     async def _search_index(
         self,
         name: str,
-        keys: list[tuple[int, str]],
-        vectors: dict[tuple[int, str], np.ndarray],
+        keys: list[Key],
+        vectors: dict[Key, np.ndarray],
         options: SearchOptions,
-    ) -> dict[tuple[int, str], list[Hit]]:
+    ) -> dict[Key, list[Hit]]:
         try:
             self.ctx.indexes.get(name)
             job = SearchJob(
@@ -331,20 +293,3 @@ class RetrievalService:
                 raise
             return {}  # an index dropped mid-request simply contributes nothing
         return dict(zip(keys, hits, strict=True))
-
-    @staticmethod
-    def _fuse(lists: list[tuple[str, list[Hit]]], k: int) -> list[RankedHit]:
-        """One expert: its hits by score. Several: reciprocal rank fusion of their lists."""
-        if len(lists) == 1:
-            expert, hits = lists[0]
-            hits = sorted(hits, key=lambda h: -h.score)[:k]
-            return [RankedHit(h, h.score, expert) for h in hits]
-        fused: dict[tuple[str, str], float] = defaultdict(float)
-        first_seen: dict[tuple[str, str], RankedHit] = {}
-        for expert, hits in lists:
-            for rank, hit in enumerate(sorted(hits, key=lambda h: -h.score)):
-                key = (hit.index, hit.id)
-                fused[key] += 1.0 / (RRF_K + rank + 1)
-                first_seen.setdefault(key, RankedHit(hit, 0.0, expert))
-        best = sorted(fused, key=lambda key: -fused[key])[:k]
-        return [RankedHit(first_seen[key].hit, fused[key], first_seen[key].expert) for key in best]

@@ -129,7 +129,7 @@ def thresholds_for(
     percentile: float,
 ) -> dict[str, float]:
     """Each expert's fallback threshold from its own domain's train queries' router score."""
-    from app.routing.router import Router
+    from app.core.router import Router
 
     router = Router(pilots, aggregation=aggregation)  # type: ignore[arg-type]
     limits = {}
@@ -161,7 +161,7 @@ def compare_rules(
     Reports routing accuracy (own expert chosen), and the mean nDCG@10 of the routed encoder
     (base when the router picks no expert), macro-averaged over domains.
     """
-    from app.routing.router import Router
+    from app.core.router import Router
 
     held = {n: _held_out_mask(d, fraction) for n, d in domains.items()}
     fit = {n: ~m for n, m in held.items()}

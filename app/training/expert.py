@@ -73,7 +73,7 @@ def initial_pilots(
     encoder: LoraEncoder, examples: list[Example], aggregation: str = "mean"
 ) -> tuple[np.ndarray, float | None]:
     """Plain centroid of the train queries + calibrated fallback (build-pilots refines both)."""
-    from app.routing.router import Router
+    from app.core.router import Router
     from app.training.pilots import calibrate_threshold, centroid_pilots
 
     if not examples:

@@ -1,6 +1,6 @@
 """Pilot embeddings: the router's picture of each expert (paper Algorithm 1, plus tie rule).
 
-`centroid_pilots` is the plain rule the HTTP registration path uses; `label_queries` and
+`centroid_pilots` (app.core.pilots) is the plain rule; `label_queries` and
 `algorithm1_pilots` implement the paper's best-expert relabelling. Only numpy at import.
 """
 
@@ -11,51 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from app.core.pilots import centroid_pilots
+
 BASE_LABEL = "__base__"  # a query on which no expert beats the base model
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return (rows / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def centroid_pilots(
-    embeddings: np.ndarray, k: int = 1, seed: int = 0, iterations: int = 25
-) -> np.ndarray:
-    """`(k', 384)` unit centroids of base-encoder query embeddings (k' = min(k, n)).
-
-    k=1 is the normalised mean (the paper found more centroids distract the router); k>1 runs
-    spherical k-means with a seeded k-means++ start, so the result is reproducible.
-    """
-    points = np.asarray(embeddings, dtype=np.float32)
-    if points.ndim != 2 or len(points) == 0:
-        raise ValueError("need a non-empty (n, dim) matrix of embeddings")
-    if k <= 1 or len(points) <= 1:
-        return _unit(points.mean(axis=0, keepdims=True))
-    k = min(k, len(points))
-    rng = np.random.default_rng(seed)
-    centres = [points[int(rng.integers(len(points)))]]
-    for _ in range(1, k):  # k-means++: next centre far (in cosine) from the chosen ones
-        distance = np.clip(1 - np.max(points @ np.array(centres).T, axis=1), 0, None)
-        total = distance.sum()
-        pick = (
-            rng.choice(len(points), p=distance / total) if total > 0 else rng.integers(len(points))
-        )
-        centres.append(points[int(pick)])
-    centroids = _unit(np.array(centres))
-    for _ in range(iterations):
-        assign = np.argmax(points @ centroids.T, axis=1)
-        updated = np.array(
-            [
-                points[assign == c].mean(axis=0) if np.any(assign == c) else centroids[c]
-                for c in range(k)
-            ]
-        )
-        updated = _unit(updated)
-        if np.allclose(updated, centroids):
-            break
-        centroids = updated
-    return centroids
 
 
 def label_queries(

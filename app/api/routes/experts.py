@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 
 from app.api.errors import ERROR_RESPONSES
 from app.api.schemas import ExpertList, ExpertOut
+from app.core.names import check_name
 from app.errors import NotFound
-from app.experts.names import check_name
 from app.service.context import ServiceContext
 
 router = APIRouter(prefix="/v1/experts", tags=["experts"], responses=ERROR_RESPONSES)

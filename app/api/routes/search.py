@@ -23,8 +23,9 @@ from app.api.schemas import (
     SearchResponse,
     Usage,
 )
-from app.routing import RoutingDecision
-from app.service.retrieval import SearchOptions, SearchResult
+from app.core.planning import SearchOptions
+from app.core.router import RoutingDecision
+from app.service.retrieval import SearchResult
 
 router = APIRouter(prefix="/v1", tags=["search"], responses=ERROR_RESPONSES)
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from app.experts.names import BASE_EXPERT
+from app.core.names import BASE_EXPERT
 
 Aggregation = Literal["mean", "max"]
 

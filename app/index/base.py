@@ -1,0 +1,35 @@
+"""The vector-index contract: what serving, evaluation and the tests rely on.
+
+Implementations: `ExpertIndex` (FAISS over a durable SQLite store, what the gateway serves)
+and `MemoryIndex` (numpy, in memory: `rr eval` and fast tests). `tests/test_index_contract.py`
+runs the same checks on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from app.index.documents import Document, Hit
+
+
+class VectorIndex(Protocol):
+    name: str
+    dim: int
+
+    def __len__(self) -> int: ...
+
+    def upsert(self, documents: Sequence[Document], embeddings: np.ndarray) -> tuple[int, int]:
+        """Insert or replace documents by id (the last of a repeated id wins); returns
+        (inserted, updated)."""
+        ...
+
+    def delete(self, doc_id: str) -> bool: ...
+
+    def search(self, queries: np.ndarray, k: int, with_text: bool = True) -> list[list[Hit]]:
+        """Top-k hits per query row by inner product, best first."""
+        ...
+
+    def get(self, doc_id: str) -> Document | None: ...
