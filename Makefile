@@ -72,6 +72,7 @@ test-latest: install redis
 	VIRTUAL_ENV=$(LATEST_VENV) $(UV) pip install -q --no-deps -e .
 	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
+# The fast tier: the API and services on the fake encoder, no model and no torch.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 

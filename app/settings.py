@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # No default on purpose: admin endpoints answer 503 until an operator sets a token.
     admin_token: SecretStr | None = None
 
+    # `minilm`: the real encoder. `fake`: a deterministic stand-in with no model (tests, demos
+    # of the API; app/encoder/fake.py), same contract.
+    encoder_backend: Literal["minilm", "fake"] = "minilm"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_resident_experts: int = Field(default=16, ge=1)
     max_seq_length: int = Field(default=256, ge=8, le=512)

@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.settings import Settings
-from tests.helpers import TOKEN, make_adapter
+from tests.helpers import TOKEN, make_adapter, write_lora
 
 
 @pytest.fixture(scope="session")
@@ -41,4 +41,30 @@ def client(settings: Settings):
     from app.api.app import create_app
 
     with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def lora_a(adapters_root: str) -> Path:
+    """A numpy-written LoRA (no torch): for the fake encoder of the fast tier."""
+    return write_lora(1, adapters_root)
+
+
+@pytest.fixture(scope="session")
+def lora_b(adapters_root: str) -> Path:
+    return write_lora(2, adapters_root)
+
+
+@pytest.fixture
+def fake_settings(settings: Settings) -> Settings:
+    """The API and service on the fake encoder: no model, no torch (the fast tier)."""
+    settings.encoder_backend = "fake"
+    return settings
+
+
+@pytest.fixture
+def fake_client(fake_settings: Settings):
+    from app.api.app import create_app
+
+    with TestClient(create_app(fake_settings)) as test_client:
         yield test_client

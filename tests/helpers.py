@@ -48,6 +48,49 @@ def make_adapter(
     return out
 
 
+def write_lora(
+    seed: int,
+    root: str | Path,
+    targets: tuple[str, ...] = ("query", "value"),
+    layers: tuple[int, ...] = tuple(range(6)),
+    identity: bool = False,
+    rank: int = 4,
+) -> Path:
+    """A LoRA adapter in peft's file format written with numpy alone (no torch): for the
+    fast tier, whose fake encoder reads real adapter files."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from app.encoder.fake import minilm_module_shapes
+
+    out = Path(root) / f"lora-{seed}-{'-'.join(targets)}-{len(layers)}{'-id' if identity else ''}"
+    if (out / "adapter_model.safetensors").exists():
+        return out
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for module, (fan_in, fan_out) in minilm_module_shapes().items():
+        parts = module.split(".")
+        if parts[-1] not in targets or not (parts[0] == "encoder" and int(parts[2]) in layers):
+            continue
+        key = f"base_model.model.{module}"
+        tensors[f"{key}.lora_A.weight"] = rng.normal(size=(rank, fan_in)).astype(np.float32)
+        b = np.zeros((fan_out, rank)) if identity else rng.normal(size=(fan_out, rank)) * 0.1
+        tensors[f"{key}.lora_B.weight"] = b.astype(np.float32)
+    out.mkdir(parents=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "target_modules": sorted(targets),
+        "layers_to_transform": list(layers),
+        "base_model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2",
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    return out
+
+
 def adapter_files(path: Path) -> dict[str, tuple[str, bytes, str]]:
     return {
         "adapter_config": (

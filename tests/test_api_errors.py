@@ -13,13 +13,13 @@ from app.api.app import create_app
 from app.settings import Settings
 from tests.helpers import AUTH, TOKEN, adapter_files
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory, adapter_a: Path):
+def api(tmp_path_factory, lora_a: Path):
+    """On the fake encoder (fast tier): these are the API's checks, not the model's."""
     root = tmp_path_factory.mktemp("errors")
     settings = Settings(
+        encoder_backend="fake",
         experts_dir=root / "experts",
         indexes_dir=root / "indexes",
         datasets_dir=None,
@@ -32,7 +32,7 @@ def api(tmp_path_factory, adapter_a: Path):
             "/admin/experts",
             headers=AUTH,
             data={"name": "sci", "pilot_queries": json.dumps(["protein folding"])},
-            files=adapter_files(adapter_a),
+            files=adapter_files(lora_a),
         )
         assert response.status_code == 201
         yield client
@@ -92,13 +92,13 @@ def test_unknown_expert_or_index_is_404(api: TestClient) -> None:
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", "UPPER", "-dash-first", "x" * 65, ""])
-def test_path_like_or_invalid_names_are_422(api: TestClient, name: str, adapter_a: Path) -> None:
+def test_path_like_or_invalid_names_are_422(api: TestClient, name: str, lora_a: Path) -> None:
     assert_error(api.post("/v1/search", json={"query": "q", "expert": name}), 422)
     response = api.post(
         "/admin/experts",
         headers=AUTH,
         data={"name": name, "pilot_queries": '["q"]'},
-        files=adapter_files(adapter_a),
+        files=adapter_files(lora_a),
     )
     assert_error(response, 422)
 
@@ -111,18 +111,18 @@ def test_path_traversal_in_url_is_refused(api: TestClient) -> None:
     assert api.get("/v1/experts/sci").status_code == 200
 
 
-def test_duplicate_expert_is_409(api: TestClient, adapter_a: Path) -> None:
+def test_duplicate_expert_is_409(api: TestClient, lora_a: Path) -> None:
     response = api.post(
         "/admin/experts",
         headers=AUTH,
         data={"name": "sci", "pilot_queries": '["q"]'},
-        files=adapter_files(adapter_a),
+        files=adapter_files(lora_a),
     )
     assert_error(response, 409, "conflict")
 
 
-def test_reserved_name_and_missing_pilots_are_422(api: TestClient, adapter_a: Path) -> None:
-    files = adapter_files(adapter_a)
+def test_reserved_name_and_missing_pilots_are_422(api: TestClient, lora_a: Path) -> None:
+    files = adapter_files(lora_a)
     for form in (
         {"name": "base", "pilot_queries": '["q"]'},  # reserved name
         {"name": "nopilots"},
@@ -131,8 +131,8 @@ def test_reserved_name_and_missing_pilots_are_422(api: TestClient, adapter_a: Pa
         assert_error(api.post("/admin/experts", headers=AUTH, data=form, files=files), 422)
 
 
-def test_malformed_and_mismatched_adapters_are_422(api: TestClient, adapter_a: Path) -> None:
-    files = adapter_files(adapter_a)
+def test_malformed_and_mismatched_adapters_are_422(api: TestClient, lora_a: Path) -> None:
+    files = adapter_files(lora_a)
     garbage = files | {"adapter_config": ("adapter_config.json", b"not json", "application/json")}
     config = json.loads(files["adapter_config"][1]) | {"r": 16}
     mismatched = files | {
@@ -156,8 +156,8 @@ def test_malformed_and_mismatched_adapters_are_422(api: TestClient, adapter_a: P
     assert "bad" not in [e["name"] for e in api.get("/v1/experts").json()["experts"]]
 
 
-def test_pickle_adapter_is_422(api: TestClient, adapter_a: Path) -> None:
-    files = adapter_files(adapter_a)
+def test_pickle_adapter_is_422(api: TestClient, lora_a: Path) -> None:
+    files = adapter_files(lora_a)
     as_bin = files | {
         "adapter_model": ("adapter_model.bin", pickle.dumps({"w": 1}), "application/octet-stream")
     }
@@ -189,7 +189,11 @@ def test_admin_token_is_required(api: TestClient) -> None:
 
 def test_admin_disabled_without_token(tmp_path: Path) -> None:
     settings = Settings(
-        experts_dir=tmp_path / "e", indexes_dir=tmp_path / "i", datasets_dir=None, admin_token=None
+        encoder_backend="fake",
+        experts_dir=tmp_path / "e",
+        indexes_dir=tmp_path / "i",
+        datasets_dir=None,
+        admin_token=None,
     )
     with TestClient(create_app(settings)) as client:
         assert_error(client.delete("/admin/experts/x", headers=AUTH), 503, "admin_disabled")

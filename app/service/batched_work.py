@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.encoder.replicas import EncoderReplicas
+from app.encoder.base import QueryEncoder
 from app.errors import EncoderFailed, ServiceError
 from app.index import Hit, IndexStore
 
@@ -31,7 +31,7 @@ class SearchJob:
     with_text: bool
 
 
-def encode_batch(encoder: EncoderReplicas, replica: int = 0):
+def encode_batch(encoder: QueryEncoder, replica: int = 0):
     def run(jobs: Sequence[EncodeJob]) -> list[np.ndarray]:
         texts = [t for job in jobs for t in job.texts]
         adapters = [a for job in jobs for a in job.adapters]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.encoder.base_model import pick_device, pick_precision, pick_workers
-from app.encoder.replicas import EncoderReplicas
+from app.encoder.base import QueryEncoder
 from app.experts.registry import ExpertRegistry
 from app.index import IndexStore
 from app.index.faiss_backend import set_search_threads
@@ -25,10 +25,45 @@ def _set_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _start_encoder(
+    settings: Settings, registry: ExpertRegistry
+) -> tuple[QueryEncoder, int, Callable[[], None] | None]:
+    """(encoder, model workers, per-worker-thread set-up) for `settings.encoder_backend`."""
+    if settings.encoder_backend == "fake":
+        from app.encoder.fake import FakeEncoder
+
+        workers = settings.encoder_workers or 1
+        fake = FakeEncoder(
+            registry.adapter_dir,
+            count=workers,
+            capacity=settings.max_resident_experts,
+            max_seq_length=settings.max_seq_length,
+        )
+        return fake, workers, None
+    from app.encoder.base_model import pick_device, pick_precision, pick_workers
+    from app.encoder.replicas import EncoderReplicas
+
+    device = pick_device(settings.device)
+    precision = pick_precision(settings.precision, device)
+    workers, threads = pick_workers(settings.encoder_workers, settings.torch_threads, device)
+    encoder = EncoderReplicas(
+        registry.adapter_dir,
+        count=workers,
+        reuse_layer=settings.reuse_layer,
+        capacity=settings.max_resident_experts,
+        device=device,
+        max_seq_length=settings.max_seq_length,
+        batch_size=settings.encode_batch_size,
+        precision=precision,
+    )
+    log.info("encoder on %s (%s), %d workers x %d threads", device, precision, workers, threads)
+    return encoder, workers, lambda: _set_torch_threads(threads)
+
+
 @dataclass
 class ServiceContext:
     settings: Settings
-    encoder: EncoderReplicas
+    encoder: QueryEncoder
     registry: ExpertRegistry
     indexes: IndexStore
     encoder_batcher: MicroBatcher  # owns every model call
@@ -41,20 +76,8 @@ class ServiceContext:
             settings.experts_dir, settings.router_aggregation, settings.router_fallback_threshold
         )
         experts = registry.load_all()
-        device = pick_device(settings.device)
-        precision = pick_precision(settings.precision, device)
-        workers, threads = pick_workers(settings.encoder_workers, settings.torch_threads, device)
-        encoder = EncoderReplicas(
-            registry.adapter_dir,
-            count=workers,
-            reuse_layer=settings.reuse_layer,
-            capacity=settings.max_resident_experts,
-            device=device,
-            max_seq_length=settings.max_seq_length,
-            batch_size=settings.encode_batch_size,
-            precision=precision,
-        )
-        encoder.warm_up()
+        encoder, workers, on_start = _start_encoder(settings, registry)
+        encoder.warm_up()  # the first pass is slow (and replicas self-check): no user's
         indexes = IndexStore(
             settings.indexes_dir, encoder.dim, settings.index_kind, settings.hnsw_m
         )
@@ -64,14 +87,7 @@ class ServiceContext:
             indexes.drop(orphan)
         for name in experts:
             indexes.open(name)
-        log.info(
-            "serving %d experts on %s (%s), %d model workers x %d threads",
-            len(experts),
-            device,
-            precision,
-            workers,
-            threads,
-        )
+        log.info("serving %d experts with %d model workers", len(experts), workers)
         batching = {"max_wait_ms": settings.max_wait_ms, "max_pending": settings.max_queue}
         return cls(
             settings,
@@ -82,7 +98,7 @@ class ServiceContext:
                 "encoder",
                 [encode_batch(encoder, replica) for replica in range(workers)],
                 settings.max_batch,
-                on_start=lambda: _set_torch_threads(threads),
+                on_start=on_start,
                 **batching,
             ),
             MicroBatcher(

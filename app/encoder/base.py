@@ -1,0 +1,54 @@
+"""The query/document encoder contract the service relies on.
+
+Implementations: `EncoderReplicas` (MiniLM + a LoRA pool per model worker, what serves) and
+`FakeEncoder` (deterministic, no model: `RR_ENCODER_BACKEND=fake`, the fast tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from app.encoder.lora_encoder import PoolStats
+from app.shortcuts import Shortcuts
+
+
+class QueryEncoder(Protocol):
+    dim: int
+    max_seq_length: int
+    module_shapes: dict[str, tuple[int, int]]  # the base model's Linear layers (adapter checks)
+    shortcuts: Shortcuts
+
+    def __len__(self) -> int:
+        """Model workers: `encode(..., replica=i)` for i < len."""
+        ...
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        adapters: Sequence[str] | None = None,
+        routing: Sequence[bool] | None = None,
+        replica: int = 0,
+    ) -> np.ndarray:
+        """Unit-norm float32 rows; row i through adapter `adapters[i]` (`BASE`: none);
+        `routing[i]`: a query's routing pass (an expert pass of it may follow)."""
+        ...
+
+    def ensure_resident(self, names: Sequence[str]) -> None:
+        """Load these experts' adapters now (raises InvalidAdapter if one cannot apply)."""
+        ...
+
+    def unload(self, name: str) -> None: ...
+
+    def resident(self) -> list[str]: ...
+
+    def is_resident(self, name: str) -> bool: ...
+
+    @property
+    def stats(self) -> PoolStats: ...
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]: ...
+
+    def warm_up(self) -> None: ...

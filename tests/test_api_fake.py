@@ -1,0 +1,155 @@
+"""The API and service end to end on the fake encoder: the fast tier, no model, no torch.
+
+The same routes, services, batchers, registry, FAISS indexes and SQLite stores as in
+production; only the encoder is the deterministic stand-in (same contract). What depends on
+the real model's semantics stays in the slow tier (test_api.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.app import create_app
+from tests.helpers import AUTH, adapter_files, write_lora
+
+AERO = ["wing lift drag", "supersonic shock airfoil", "wing boundary layer"]
+CODE = ["python sort list", "python read file", "python string reverse"]
+AERO_DOCS = [
+    {"id": "a1", "title": "Wings", "text": "wing lift and drag at high speed"},
+    {"id": "a2", "title": "Shocks", "text": "supersonic shock on an airfoil"},
+]
+CODE_DOCS = [
+    {"id": "c1", "title": "sort", "text": "python sort a list", "metadata": {"lang": "python"}},
+    {"id": "c2", "title": "reverse", "text": "python reverse a string"},
+]
+
+
+def register(client: TestClient, name: str, adapter: Path, queries: list[str]):
+    return client.post(
+        "/admin/experts",
+        headers=AUTH,
+        data={"name": name, "description": f"{name} expert", "pilot_queries": json.dumps(queries)},
+        files=adapter_files(adapter),
+    )
+
+
+def populate(client: TestClient, lora_a: Path, lora_b: Path) -> None:
+    assert register(client, "aero", lora_a, AERO).status_code == 201
+    assert register(client, "code", lora_b, CODE).status_code == 201
+    for name, docs in (("aero", AERO_DOCS), ("code", CODE_DOCS)):
+        response = client.put(
+            f"/admin/experts/{name}/documents", headers=AUTH, json={"documents": docs}
+        )
+        assert response.json() == {"inserted": 2, "updated": 0}
+
+
+def test_register_upload_search_delete_restart(fake_settings, lora_a, lora_b) -> None:
+    with TestClient(create_app(fake_settings)) as client:
+        populate(client, lora_a, lora_b)
+        body = client.post("/v1/search", json={"query": "python sort", "k": 2}).json()
+        assert body["routing"]["expert"] == "code" and not body["routing"]["fallback"]
+        assert [h["id"] for h in body["hits"]] == ["c1", "c2"]
+        assert body["hits"][0]["metadata"] == {"lang": "python"}
+        assert {h["expert"] for h in body["hits"]} == {"code"}
+        # The vector searched is the routed expert's: its score is that vector's cosine.
+        query = client.post("/v1/embeddings", json={"input": "python sort"}).json()["data"][0]
+        assert query["expert"] == "code"
+        doc = client.post("/v1/embeddings", json={"input": "sort python sort a list"}).json()
+        assert client.app.state.ctx.indexes.get("code").get("c1") is not None
+        assert 0 < body["hits"][0]["score"] <= 1
+        assert not np.allclose(query["embedding"], doc["data"][0]["embedding"])
+        listing = {e["name"]: e for e in client.get("/v1/experts").json()["experts"]}
+        assert listing["code"]["documents"] == 2 and listing["aero"]["pilot_count"] == 1
+        assert client.get("/readyz").json() == {"status": "ready", "experts": 2, "degraded": {}}
+
+    with TestClient(create_app(fake_settings)) as client:  # restart: all of it is back
+        hits = client.post("/v1/search", json={"query": "supersonic shock"}).json()["hits"]
+        assert hits[0]["id"] == "a2"
+        assert client.delete("/admin/experts/aero", headers=AUTH).status_code == 204
+        body = client.post("/v1/search", json={"query": "supersonic shock", "k": 10}).json()
+        assert "aero" not in body["routing"]["scores"]
+        assert all(h["index"] != "aero" for h in body["hits"])
+        missing = client.post("/v1/search", json={"query": "x", "expert": "aero"})
+        assert missing.status_code == 404
+    assert not (fake_settings.experts_dir / "aero").exists()
+
+
+def test_search_options_embeddings_and_fallback(fake_settings, lora_a, lora_b) -> None:
+    fake_settings.router_fallback_threshold = 0.2  # unrelated words: cosine ~0, falls back
+    with TestClient(create_app(fake_settings)) as fake_client:
+        _search_options_embeddings_and_fallback(fake_client, lora_a, lora_b)
+
+
+def _search_options_embeddings_and_fallback(fake_client: TestClient, lora_a, lora_b) -> None:
+    populate(fake_client, lora_a, lora_b)
+    query = "python sort list"
+    pinned = fake_client.post("/v1/search", json={"query": query, "index": "aero"}).json()
+    assert {h["index"] for h in pinned["hits"]} == {"aero"}
+    assert pinned["hits"][0]["expert"] == "code"
+    fused = fake_client.post("/v1/search", json={"query": query, "top_experts": 2}).json()
+    assert {h["index"] for h in fused["hits"]} == {"aero", "code"}
+    assert fused["hits"][0]["score"] == pytest.approx(1 / 61)  # RRF of two lists
+    base = fake_client.post("/v1/search", json={"query": query, "expert": "base"}).json()
+    assert len(base["hits"]) == 4 and base["hits"][0]["expert"] == "base"
+    batch = fake_client.post(
+        "/v1/search/batch", json={"queries": [query, "supersonic airfoil"], "k": 1}
+    ).json()
+    assert [r["routing"]["expert"] for r in batch] == ["code", "aero"]
+    routed = fake_client.post("/v1/embeddings", json={"input": [query]}).json()["data"][0]
+    as_code = fake_client.post("/v1/embeddings", json={"input": query, "model": "code"}).json()
+    as_base = fake_client.post("/v1/embeddings", json={"input": query, "model": "base"}).json()
+    assert np.allclose(routed["embedding"], as_code["data"][0]["embedding"], atol=1e-6)
+    assert not np.allclose(routed["embedding"], as_base["data"][0]["embedding"], atol=1e-3)
+    unrelated = fake_client.post("/v1/search", json={"query": "zebra xylophone"}).json()
+    assert unrelated["routing"]["fallback"] and unrelated["routing"]["expert"] == "base"
+
+
+def test_identity_adapter_changes_nothing(fake_client: TestClient, adapters_root: str) -> None:
+    same = write_lora(3, adapters_root, identity=True)
+    assert register(fake_client, "same", same, CODE).status_code == 201
+    as_same = fake_client.post("/v1/embeddings", json={"input": "x y", "model": "same"}).json()
+    as_base = fake_client.post("/v1/embeddings", json={"input": "x y", "model": "base"}).json()
+    assert np.allclose(as_same["data"][0]["embedding"], as_base["data"][0]["embedding"])
+
+
+def test_metrics_count_routing_and_searches(fake_client: TestClient, lora_a, lora_b) -> None:
+    populate(fake_client, lora_a, lora_b)
+    fake_client.post("/v1/search", json={"query": "python sort"})
+    text = fake_client.get("/metrics").text
+    assert 'rr_routing_decisions_total{expert="code"} 1.0' in text
+    assert 'rr_index_documents{index="aero"} 2.0' in text
+    assert 'rr_shortcut_degraded{shortcut="hidden_state_reuse"} 0.0' in text
+
+
+def test_fast_tier_never_imports_torch(tmp_path: Path, lora_a: Path) -> None:
+    """The fake backend's whole request path, in a fresh interpreter, loads no torch."""
+    script = f"""
+import json, sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from app.api.app import create_app
+from app.settings import Settings
+from tests.helpers import AUTH, TOKEN, adapter_files
+settings = Settings(encoder_backend="fake", experts_dir={str(tmp_path / "e")!r},
+                    indexes_dir={str(tmp_path / "i")!r}, datasets_dir=None,
+                    admin_token=TOKEN)
+with TestClient(create_app(settings)) as client:
+    r = client.post("/admin/experts", headers=AUTH, data={{"name": "x",
+        "pilot_queries": json.dumps(["a b"])}}, files=adapter_files(Path({str(lora_a)!r})))
+    assert r.status_code == 201, r.text
+    assert client.post("/v1/search", json={{"query": "a b"}}).status_code == 200
+heavy = sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules)
+print(heavy)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
