@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from app.evaluation.commands import register as register_evaluation
 from app.training.commands import register as register_training
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ def serve(
 
 
 register_training(app)
+register_evaluation(app)
 
 if __name__ == "__main__":
     app()

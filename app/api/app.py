@@ -14,10 +14,10 @@ from app.api.errors import install_error_handlers
 from app.api.metrics import Metrics, RequestMetrics
 from app.api.middleware import BodySizeLimit, RequestId
 from app.api.routes import admin, experts, health, search
-from app.replication.setup import Replication, start_replication
 from app.service.admin import AdminService
 from app.service.bootstrap import index_expert_corpora
 from app.service.context import ServiceContext
+from app.service.replication import Replication, start_replication
 from app.service.retrieval import RetrievalService
 from app.settings import Settings
 

@@ -11,8 +11,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from app.core.documents import Hit
 from app.core.planning import Key, Plan
-from app.index.documents import Hit
 
 RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al., 2009)
 

@@ -85,7 +85,7 @@ class EvalResult:
 def load_eval_set(
     entry: BenchmarkSet, in_domain: bool, encoder: Any, cache_dir: Path
 ) -> tuple[EvalSet, list[str]]:
-    from app.training.doc_embeddings import document_embeddings
+    from app.data.doc_embeddings import document_embeddings
 
     doc_ids, matrix = document_embeddings(entry.directory, encoder, cache_dir)
     qrels = positive_qrels(load_qrels(entry.test_qrels))

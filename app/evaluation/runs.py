@@ -19,9 +19,9 @@ from functools import cached_property
 
 import numpy as np
 
+from app.core.documents import Hit
 from app.core.fusion import fuse_plans
 from app.core.planning import Key, Plan, SearchOptions, Targets, search_jobs, targets
-from app.index.documents import Hit
 from app.index.memory import MemoryIndex
 
 Choice = str | tuple[str, ...]

@@ -1,6 +1,6 @@
 """Per-expert vector indexes (FAISS) with an embedded document store (SQLite)."""
 
-from app.index.documents import Document, Hit
+from app.core.documents import Document, Hit
 from app.index.expert_index import ExpertIndex
 from app.index.store import IndexStore
 

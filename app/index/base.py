@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from app.index.documents import Document, Hit
+from app.core.documents import Document, Hit
 
 
 class VectorIndex(Protocol):

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from app.core.documents import Document, Hit
 from app.errors import NotFound
-from app.index.documents import Document, Hit
 from app.index.faiss_backend import faiss_module, new_index, search_copy
 
 DB_FILE = "docs.sqlite"

@@ -9,17 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.index.documents import Document, Hit
-
-
-def top_k(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """`(rows, scores)`, each `(n_queries, min(k, n_docs))`, best first, by inner product."""
-    scores = queries @ docs.T
-    k = min(k, docs.shape[0])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+from app.core.documents import Document, Hit
+from app.core.ranking import top_k
 
 
 class MemoryIndex:

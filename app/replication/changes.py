@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -100,3 +100,9 @@ def from_fields(fields: dict[Any, bytes]) -> Change:
     if kind == DocumentDeleted.kind:
         return DocumentDeleted(name, f["doc_id"].decode())
     raise ValueError(f"unknown change kind {kind!r}")
+
+
+class Applier(Protocol):
+    """Applies one change to this gateway's state (app.service.applier.ChangeApplier)."""
+
+    async def apply(self, change: Change) -> Any: ...

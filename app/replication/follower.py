@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ServiceError, Unavailable
-from app.replication.applier import ChangeApplier
+from app.replication.changes import Applier
 from app.replication.redis_log import RedisChangeLog, redis_errors
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ _RECENT = 1024  # results kept for writers that start waiting after the apply
 
 class Follower:
     def __init__(
-        self, changelog: RedisChangeLog, applier: ChangeApplier, state_dir: Path, block_ms: int
+        self, changelog: RedisChangeLog, applier: Applier, state_dir: Path, block_ms: int
     ) -> None:
         self.changelog = changelog
         self.block_ms = block_ms

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from app.replication.applier import ChangeApplier
-from app.replication.changes import Change
+from app.replication.changes import Applier, Change
 from app.replication.follower import Follower
 from app.replication.redis_log import RedisChangeLog
 
@@ -17,7 +16,7 @@ class ChangeSink(Protocol):
 class LocalSink:
     """One machine, no Redis: apply directly."""
 
-    def __init__(self, applier: ChangeApplier) -> None:
+    def __init__(self, applier: Applier) -> None:
         self.applier = applier
 
     async def submit(self, change: Change) -> Any:

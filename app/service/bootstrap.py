@@ -42,8 +42,8 @@ async def index_expert_corpora(admin: AdminService) -> int:
     from tqdm import tqdm
 
     from app.data.beir import load_corpus
+    from app.data.doc_embeddings import corpus_key
     from app.encoder.documents import document_text
-    from app.training.doc_embeddings import corpus_key
 
     todo = corpora_to_index(admin)
     if not todo:

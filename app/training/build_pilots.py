@@ -68,9 +68,9 @@ def score_domains(
     `max_queries` caps each domain (a fixed hash-ordered subset) to bound the cost of
     running every expert over every large train split on CPU.
     """
+    from app.core.ranking import per_query_ndcg
     from app.data.beir import load_qrels, load_queries
-    from app.evaluation.ranking import per_query_ndcg
-    from app.training.doc_embeddings import document_embeddings
+    from app.data.doc_embeddings import document_embeddings
     from app.training.examples import from_qrels
 
     domains = {}

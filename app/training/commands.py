@@ -12,25 +12,34 @@ from pathlib import Path
 
 import typer
 
-CACHE_DIR = Path("cache/embeddings")
-MULTITASK_DIR = Path("cache/multitask")
+CACHE_HELP = "Document-embedding cache (default: RR_CACHE_DIR/embeddings, the server's)."
+MULTITASK_HELP = "Multi-task adapter dir (default: RR_CACHE_DIR/multitask)."
 
 
-def _variants_path(cache_dir: Path) -> Path:
+def embedding_cache(cache_dir: Path | None) -> Path:
+    """Where document embeddings are cached: the server reads the same place."""
+    return cache_dir if cache_dir is not None else cli_settings().cache_dir / "embeddings"
+
+
+def multitask_dir(path: Path | None) -> Path:
+    return path if path is not None else cli_settings().cache_dir / "multitask"
+
+
+def variants_path(cache_dir: Path) -> Path:
     """Pilot-rule variants saved by build-pilots for eval, beside the embedding cache."""
     return cache_dir.parent / "pilots" / "variants.npz"
 
 
-def _settings():  # noqa: ANN202 - one Settings object, read once per command
+def cli_settings():  # noqa: ANN202 - one Settings object, read once per command
     from app.settings import Settings
 
     return Settings()
 
 
-def _benchmark_path(benchmark: Path | None) -> Path:
+def benchmark_path(benchmark: Path | None) -> Path:
     if benchmark is not None:
         return benchmark
-    datasets = _settings().datasets_dir
+    datasets = cli_settings().datasets_dir
     if datasets is None:
         raise typer.BadParameter("no --benchmark and RR_DATASETS_DIR is not set")
     return Path(datasets) / "benchmark.json"
@@ -71,7 +80,7 @@ def _targets(text: str | None) -> tuple[str, ...] | None:
     return targets
 
 
-def _logging() -> None:
+def cli_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
 
@@ -93,17 +102,18 @@ def register(cli: typer.Typer) -> None:
         layers: str = typer.Option(SERVING_LAYERS, help=LAYERS_HELP),
         target_modules: str = typer.Option(SERVING_TARGETS, help=TARGETS_HELP),
         experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
-        cache_dir: Path = typer.Option(CACHE_DIR, help="Document-embedding cache."),
+        cache_dir: Path = typer.Option(None, help=CACHE_HELP),
     ) -> None:
         """Train a query-side LoRA expert on one dataset and write experts/NAME/."""
         from app.training.expert import train_expert
 
-        _logging()
+        cli_logging()
+        cache_dir = embedding_cache(cache_dir)
         extra = train_expert(
             name,
             dataset,
             None if no_qrels else dataset / qrels,
-            experts_dir or _settings().experts_dir,
+            experts_dir or cli_settings().experts_dir,
             cache_dir,
             _config(
                 negatives=negatives,
@@ -116,7 +126,7 @@ def register(cli: typer.Typer) -> None:
             ),
             use_self_supervised=self_supervised or no_qrels,
         )
-        typer.echo(json.dumps({name: _summary(extra)}))
+        typer.echo(json.dumps({name: metrics_summary(extra)}))
 
     @cli.command("train-all")
     def train_all_command(
@@ -129,13 +139,14 @@ def register(cli: typer.Typer) -> None:
         layers: str = typer.Option(SERVING_LAYERS, help=LAYERS_HELP),
         target_modules: str = typer.Option(SERVING_TARGETS, help=TARGETS_HELP),
         experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
-        cache_dir: Path = typer.Option(CACHE_DIR),
+        cache_dir: Path = typer.Option(None, help=CACHE_HELP),
     ) -> None:
         """Train one expert per `experts` entry of the benchmark (name = dataset name)."""
         from app.data.beir import load_benchmark
         from app.training.expert import base_encoder, train_expert
 
-        _logging()
+        cli_logging()
+        cache_dir = embedding_cache(cache_dir)
         config = _config(
             negatives=negatives,
             max_steps=max_steps,
@@ -145,40 +156,42 @@ def register(cli: typer.Typer) -> None:
         )
         encoder = base_encoder(config.max_seq_length)
         summary = {}
-        for entry in load_benchmark(_benchmark_path(benchmark)).experts:
+        for entry in load_benchmark(benchmark_path(benchmark)).experts:
             if only and entry.name not in only:
                 continue
             extra = train_expert(
                 entry.name,
                 entry.directory,
                 entry.train_qrels,
-                experts_dir or _settings().experts_dir,
+                experts_dir or cli_settings().experts_dir,
                 cache_dir,
                 config,
                 use_self_supervised=self_supervised,
                 encoder=encoder,
             )
-            summary[entry.name] = _summary(extra)
+            summary[entry.name] = metrics_summary(extra)
             typer.echo(json.dumps({entry.name: summary[entry.name]}))
 
     @cli.command("train-multitask")
     def train_multitask_command(
         benchmark: Path = typer.Option(None, help="benchmark.json (default: RR_DATASETS_DIR)."),
-        out: Path = typer.Option(MULTITASK_DIR.parent, help="Directory receiving multitask/."),
+        out: Path = typer.Option(None, help="Directory receiving multitask/ (RR_CACHE_DIR)."),
         max_steps: int = typer.Option(300),
         seed: int = typer.Option(None),
-        cache_dir: Path = typer.Option(CACHE_DIR),
+        cache_dir: Path = typer.Option(None, help=CACHE_HELP),
     ) -> None:
         """The Multi-Task baseline: one LoRA on all expert domains' train queries mixed."""
         from app.data.beir import load_benchmark
         from app.training.expert import train_multitask
 
-        _logging()
+        cli_logging()
+        cache_dir = embedding_cache(cache_dir)
         sets = [
             (e.name, e.directory, e.train_qrels)
-            for e in load_benchmark(_benchmark_path(benchmark)).experts
+            for e in load_benchmark(benchmark_path(benchmark)).experts
             if e.train_qrels
         ]
+        out = out if out is not None else multitask_dir(None).parent
         extra = train_multitask(sets, out, cache_dir, _config(max_steps=max_steps, seed=seed))
         typer.echo(json.dumps({"multitask": extra["metrics"] | {"history": None}}))
 
@@ -194,7 +207,7 @@ def register(cli: typer.Typer) -> None:
         percentile: float = typer.Option(5.0, help="Fallback threshold percentile."),
         max_queries: int = typer.Option(200, help="Train queries scored per domain (cost cap)."),
         experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
-        cache_dir: Path = typer.Option(CACHE_DIR),
+        cache_dir: Path = typer.Option(None, help=CACHE_HELP),
         report: Path = typer.Option(Path("reports/pilots.json"), help="Rule comparison output."),
     ) -> None:
         """Paper Algorithm 1 (+ tie rule) over all experts; writes pilots.npy and thresholds."""
@@ -204,12 +217,13 @@ def register(cli: typer.Typer) -> None:
         from app.experts.artifacts import list_expert_dirs, read_expert, update_pilots
         from app.training import build_pilots as bp
 
-        _logging()
-        experts_dir = experts_dir or _settings().experts_dir
+        cli_logging()
+        cache_dir = embedding_cache(cache_dir)
+        experts_dir = experts_dir or cli_settings().experts_dir
         experts = {p.name: read_expert(p) for p in list_expert_dirs(experts_dir)}
         encoder = bp.expert_encoder(experts_dir)
         domains = bp.score_domains(
-            load_benchmark(_benchmark_path(benchmark)),
+            load_benchmark(benchmark_path(benchmark)),
             sorted(experts),
             encoder,
             cache_dir,
@@ -236,14 +250,14 @@ def register(cli: typer.Typer) -> None:
                 },
             }
             update_pilots(expert, pilots[name], fallback_threshold=limits[name], extra=extra)
-        variants_path = _variants_path(cache_dir)
-        variants_path.parent.mkdir(parents=True, exist_ok=True)
+        variants_file = variants_path(cache_dir)
+        variants_file.parent.mkdir(parents=True, exist_ok=True)
         variants = {
             f"{r}|{n}": p
             for r in ("paper", "centroid")
             for n, p in bp.make_pilots(domains, r, 0.0, k).items()
         }
-        np.savez(variants_path, **variants)
+        np.savez(variants_file, **variants)
         payload = {
             "chosen": {"rule": rule, "margin": margin, "k": k, "max_queries": max_queries},
             "held_out_train_comparison": comparison,
@@ -256,77 +270,7 @@ def register(cli: typer.Typer) -> None:
         for row in comparison:
             typer.echo(json.dumps(row))
 
-    @cli.command("eval")
-    def eval_command(
-        benchmark: Path = typer.Option(None, help="benchmark.json (default: RR_DATASETS_DIR)."),
-        extra_zero_shot: list[Path] = typer.Option(None, help="More BEIR dirs (qrels/test.tsv)."),
-        out: Path = typer.Option(Path("reports"), help="Output directory."),
-        experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
-        multitask_dir: Path = typer.Option(MULTITASK_DIR, help="Multi-task adapter dir."),
-        cache_dir: Path = typer.Option(CACHE_DIR),
-    ) -> None:
-        """nDCG@10 / Recall@100 of every method on every test set; eval.json, eval.md, plots."""
-        from app.data.beir import load_benchmark
-        from app.evaluation.benchmark_eval import run_eval
-        from app.evaluation.report import averages_table, write_report
 
-        _logging()
-        result = run_eval(
-            load_benchmark(_benchmark_path(benchmark)),
-            experts_dir or _settings().experts_dir,
-            cache_dir,
-            multitask_dir,
-            extra_zero_shot,
-            _load_variants(_variants_path(cache_dir)),
-        )
-        experts = experts_dir or _settings().experts_dir
-        data = {**result.to_json(), "training": _training_summary(experts)}
-        write_report(data, out, notes=_notes())
-        typer.echo("\n".join(averages_table(data)))
-
-
-def _load_variants(path: Path) -> dict[str, dict]:
-    import numpy as np
-
-    if not path.is_file():
-        return {}
-    variants: dict[str, dict] = {}
-    with np.load(path) as stored:
-        for key in stored.files:
-            rule, name = key.split("|", 1)
-            variants.setdefault(f"{rule}-pilots", {})[name] = stored[key]
-    return variants
-
-
-def _notes() -> list[str]:
-    return [
-        "nDCG@10 and Recall@100 on each set's `test` qrels (queries with a positive), ranx.",
-        "Paper setting: each query searches its own dataset's index; only the encoder is routed.",
-        "Service setting (`service:` methods, in-domain sets only): a query routed to expert E "
-        "searches E's index (wrong route = miss); a fallback searches all 10 indexes merged.",
-        "`service:base`: every query on the base encoder over all indexes merged. "
-        "`service_all:` methods: the routed expert encodes the query, which then searches all "
-        "indexes merged by score (a proposal: a wrong route costs quality, not the answer).",
-        "Oracles choose among base and the 10 experts using the test labels (upper bounds).",
-        "`router_mean[...-pilots]` are pilot-rule variants without fallback, for comparison.",
-    ]
-
-
-def _training_summary(experts_dir: Path) -> dict[str, dict]:
-    """Held-out (train-slice) metrics and pilot settings recorded in each expert.json."""
-    from app.experts.artifacts import list_expert_dirs, read_expert
-
-    summary = {}
-    for path in list_expert_dirs(experts_dir):
-        spec = read_expert(path).spec
-        summary[spec.name] = {
-            **(_summary(spec.extra) if "metrics" in spec.extra else {}),
-            "fallback_threshold": spec.fallback_threshold,
-            "pilot_count": spec.pilot_count,
-        }
-    return summary
-
-
-def _summary(extra: dict) -> dict:
+def metrics_summary(extra: dict) -> dict:
     metrics = extra["metrics"]
     return {k: v for k, v in metrics.items() if k != "history"}

@@ -48,7 +48,7 @@ def build_task(
     max_synthetic: int = 2000,
 ) -> ExpertData:
     """Held-out slice = real train queries when there are any, else synthetic pairs."""
-    from app.training.doc_embeddings import document_embeddings
+    from app.data.doc_embeddings import document_embeddings
 
     doc_ids, doc_matrix = document_embeddings(dataset_dir, encoder, cache_dir)
     real: list[Example] = []

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from app.evaluation.ranking import per_query_ndcg
+from app.core.ranking import per_query_ndcg
 from app.training.examples import Example
 
 Negatives = Literal["corpus", "in-batch", "hard"]
@@ -158,7 +158,7 @@ def held_out_score(model: _QueryModel, tasks: list[Task]) -> float:
 
 def _mine_hard(model: _QueryModel, task: Task, count: int) -> list[np.ndarray]:
     """Top-ranked non-relevant documents for each train query under the base encoder."""
-    from app.evaluation.ranking import top_k
+    from app.core.ranking import top_k
 
     embedded = model.encode([e.text for e in task.train])
     rows, _ = top_k(embedded, task.doc_matrix, count + 20)

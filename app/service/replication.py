@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 from app.errors import Conflict, ServiceError
 from app.experts.artifacts import ADAPTER_CONFIG, ADAPTER_MODEL
-from app.replication.applier import ChangeApplier
 from app.replication.changes import ExpertAdded
 from app.replication.follower import Follower
 from app.replication.redis_log import RedisChangeLog, redis_errors
 from app.replication.shared_cache import SharedEmbeddingCache
 from app.replication.sinks import ChangeSink, LocalSink, ReplicatedSink
+from app.service.applier import ChangeApplier
 from app.service.context import ServiceContext
 
 log = logging.getLogger(__name__)

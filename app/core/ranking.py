@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.index.memory import top_k
 
-__all__ = ["ndcg_at_k", "per_query_ndcg", "top_k"]
+def top_k(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(rows, scores)`, each `(n_queries, min(k, n_docs))`, best first, by inner product."""
+    scores = queries @ docs.T
+    k = min(k, docs.shape[0])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
 
 
 def ndcg_at_k(ranked: np.ndarray, relevant: dict[int, int], k: int = 10) -> float:

@@ -1,0 +1,96 @@
+"""`rr eval`, registered on the `rr` app (the report of every method on every test set).
+
+Heavy libraries (torch, ranx, matplotlib) load inside the command, not at import.
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: B008  (typer declares options as argument defaults)
+from pathlib import Path
+
+import typer
+
+from app.training.commands import (
+    CACHE_HELP,
+    MULTITASK_HELP,
+    benchmark_path,
+    cli_logging,
+    cli_settings,
+    embedding_cache,
+    metrics_summary,
+    multitask_dir,
+    variants_path,
+)
+
+
+def register(cli: typer.Typer) -> None:
+    @cli.command("eval")
+    def eval_command(
+        benchmark: Path = typer.Option(None, help="benchmark.json (default: RR_DATASETS_DIR)."),
+        extra_zero_shot: list[Path] = typer.Option(None, help="More BEIR dirs (qrels/test.tsv)."),
+        out: Path = typer.Option(Path("reports"), help="Output directory."),
+        experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
+        multitask: Path = typer.Option(None, help=MULTITASK_HELP),
+        cache_dir: Path = typer.Option(None, help=CACHE_HELP),
+    ) -> None:
+        """nDCG@10 / Recall@100 of every method on every test set; eval.json, eval.md, plots."""
+        from app.data.beir import load_benchmark
+        from app.evaluation.benchmark_eval import run_eval
+        from app.evaluation.report import averages_table, write_report
+
+        cli_logging()
+        cache_dir = embedding_cache(cache_dir)
+        result = run_eval(
+            load_benchmark(benchmark_path(benchmark)),
+            experts_dir or cli_settings().experts_dir,
+            cache_dir,
+            multitask_dir(multitask),
+            extra_zero_shot,
+            _load_variants(variants_path(cache_dir)),
+        )
+        experts = experts_dir or cli_settings().experts_dir
+        data = {**result.to_json(), "training": _training_summary(experts)}
+        write_report(data, out, notes=_notes())
+        typer.echo("\n".join(averages_table(data)))
+
+
+def _load_variants(path: Path) -> dict[str, dict]:
+    import numpy as np
+
+    if not path.is_file():
+        return {}
+    variants: dict[str, dict] = {}
+    with np.load(path) as stored:
+        for key in stored.files:
+            rule, name = key.split("|", 1)
+            variants.setdefault(f"{rule}-pilots", {})[name] = stored[key]
+    return variants
+
+
+def _notes() -> list[str]:
+    return [
+        "nDCG@10 and Recall@100 on each set's `test` qrels (queries with a positive), ranx.",
+        "Paper setting: each query searches its own dataset's index; only the encoder is routed.",
+        "Service setting (`service:` methods, in-domain sets only): a query routed to expert E "
+        "searches E's index (wrong route = miss); a fallback searches all 10 indexes merged.",
+        "`service:base`: every query on the base encoder over all indexes merged. "
+        "`service_all:` methods: the routed expert encodes the query, which then searches all "
+        "indexes merged by score (a proposal: a wrong route costs quality, not the answer).",
+        "Oracles choose among base and the 10 experts using the test labels (upper bounds).",
+        "`router_mean[...-pilots]` are pilot-rule variants without fallback, for comparison.",
+    ]
+
+
+def _training_summary(experts_dir: Path) -> dict[str, dict]:
+    """Held-out (train-slice) metrics and pilot settings recorded in each expert.json."""
+    from app.experts.artifacts import list_expert_dirs, read_expert
+
+    summary = {}
+    for path in list_expert_dirs(experts_dir):
+        spec = read_expert(path).spec
+        summary[spec.name] = {
+            **(metrics_summary(spec.extra) if "metrics" in spec.extra else {}),
+            "fallback_threshold": spec.fallback_threshold,
+            "pilot_count": spec.pilot_count,
+        }
+    return summary
