@@ -76,9 +76,12 @@ test-latest: install redis
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# ruff; mypy on app/; lint-imports: the layer contract in pyproject.toml (no import cycles).
 lint: install
 	$(VENV)/bin/ruff check app tests bench requirements docker
 	$(VENV)/bin/ruff format --check app tests bench requirements docker
+	$(VENV)/bin/mypy
+	PYTHONPATH=. $(VENV)/bin/lint-imports
 
 # Train the 10 domain experts, the multi-task baseline and the pilots from RR_DATASETS_DIR
 # (one torch thread per process: two on these shared cores made steps ~5x slower).

@@ -15,20 +15,24 @@ from app.api.metrics import Metrics, RequestMetrics
 from app.api.middleware import BodySizeLimit, RequestId
 from app.api.routes import admin, experts, health, search
 from app.service.admin import AdminService
+from app.service.applier import ChangeApplier
 from app.service.bootstrap import index_expert_corpora
+from app.service.catalog import CatalogService
 from app.service.context import ServiceContext
+from app.service.readiness import ReadinessService
 from app.service.replication import Replication, start_replication
 from app.service.retrieval import RetrievalService
+from app.service.stats import StatsService
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-async def _bootstrap(admin: AdminService, replication: Replication) -> None:
+async def _bootstrap(admin: AdminService, replication: Replication, settings: Settings) -> None:
     while not replication.ready:  # decide what is missing only after replaying the log
         await asyncio.sleep(0.2)
     try:
-        await index_expert_corpora(admin)
+        await index_expert_corpora(admin, settings.datasets_dir, settings.cache_dir)
     except Exception:  # the service still serves what it has
         log.exception("indexing the benchmark corpora failed")
 
@@ -38,20 +42,57 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The composition root: each service gets the parts it uses, and routes reach
+        # services only (app/api/deps.py), never these parts.
         ctx = await asyncio.to_thread(ServiceContext.start, settings)
-        replication = await start_replication(ctx)
-        app.state.replication = replication
-        app.state.retrieval = RetrievalService(ctx, replication.shared_cache)
-        app.state.admin = AdminService(ctx, replication.sink, replication.replicated)
-        app.state.ctx = ctx
-        app.state.bootstrap = None
+        applier = ChangeApplier(
+            ctx.registry, ctx.indexes, ctx.encoder, ctx.encoder_batcher, ctx.cache
+        )
+        replication = await start_replication(settings, ctx.registry, applier, ctx.encoder.dim)
+        bootstrap: asyncio.Task | None = None
+        app.state.ctx = ctx  # white-box tests inspect it; routes never do (deps.py)
+        app.state.retrieval = RetrievalService(
+            settings,
+            ctx.encoder,
+            ctx.registry,
+            ctx.indexes,
+            ctx.encoder_batcher,
+            ctx.search_batcher,
+            ctx.cache,
+            replication.shared_cache,
+        )
+        admin = AdminService(
+            ctx.registry,
+            ctx.indexes,
+            ctx.encoder,
+            ctx.encoder_batcher,
+            replication.sink,
+            replication.replicated,
+        )
+        app.state.admin = admin
+        app.state.catalog = CatalogService(ctx.registry, ctx.indexes, ctx.encoder)
+        app.state.readiness = ReadinessService(
+            ctx.registry,
+            ctx.indexes,
+            ctx.encoder.shortcuts,
+            caught_up=lambda: replication.ready,
+            indexing=lambda: bootstrap is not None and not bootstrap.done(),
+        )
+        app.state.stats = StatsService(
+            ctx.encoder,
+            ctx.indexes,
+            [ctx.encoder_batcher, ctx.search_batcher],
+            ctx.cache,
+            replication.shared_cache,
+            replication.follower,
+        )
         if settings.index_corpora_on_start:
-            app.state.bootstrap = asyncio.create_task(_bootstrap(app.state.admin, replication))
+            bootstrap = asyncio.create_task(_bootstrap(admin, replication, settings))
         try:
             yield
         finally:
-            if app.state.bootstrap is not None:
-                app.state.bootstrap.cancel()
+            if bootstrap is not None:
+                bootstrap.cancel()
             await replication.stop()
             ctx.close()
 
@@ -63,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     metrics = Metrics()
-    metrics.watch(app.state)
+    metrics.watch(lambda: getattr(app.state, "stats", None))
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)

@@ -14,6 +14,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.errors import ApiError
 from app.service.admin import AdminService
+from app.service.catalog import CatalogService
+from app.service.readiness import ReadinessService
 from app.service.retrieval import RetrievalService
 from app.settings import Settings
 
@@ -32,7 +34,18 @@ async def get_admin(request: Request) -> AdminService:
     return request.app.state.admin
 
 
+async def get_catalog(request: Request) -> CatalogService:
+    return request.app.state.catalog
+
+
+async def get_readiness(request: Request) -> ReadinessService | None:
+    """None while the service is still starting."""
+    return getattr(request.app.state, "readiness", None)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CatalogDep = Annotated[CatalogService, Depends(get_catalog)]
+ReadinessDep = Annotated[ReadinessService | None, Depends(get_readiness)]
 RetrievalDep = Annotated[RetrievalService, Depends(get_retrieval)]
 AdminDep = Annotated[AdminService, Depends(get_admin)]
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.service.stats import StatsService
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 
@@ -67,34 +69,31 @@ class Metrics:
             self.searches.labels(result.routing.expert).inc()
             self.search_latency.labels(result.routing.expert).observe(seconds)
 
-    def watch(self, app_state: Any) -> None:
-        self.registry.register(_StateCollector(app_state))
+    def watch(self, stats: Callable[[], StatsService | None]) -> None:
+        """Gauges and counters of the running service, read at each scrape."""
+        self.registry.register(_StatsCollector(stats))
 
 
-class _StateCollector:
-    """Reads gauges from the running service when Prometheus scrapes."""
-
-    def __init__(self, state: Any) -> None:
-        self.state = state
+class _StatsCollector:
+    def __init__(self, stats: Callable[[], StatsService | None]) -> None:
+        self.stats = stats
 
     def collect(self) -> Iterable[Any]:
-        ctx = getattr(self.state, "ctx", None)
-        if ctx is None:
+        service = self.stats()
+        if service is None:  # still starting
             return
-        stats = ctx.encoder.stats
-        yield CounterMetricFamily("rr_adapter_loads", "LoRA adapters loaded", value=stats.loads)
+        snap = service.snapshot()
+        pool = snap.pool
+        yield CounterMetricFamily("rr_adapter_loads", "LoRA adapters loaded", value=pool.loads)
         yield CounterMetricFamily(
-            "rr_adapter_evictions", "LoRA adapters evicted", value=stats.evictions
+            "rr_adapter_evictions", "LoRA adapters evicted", value=pool.evictions
         )
-        yield GaugeMetricFamily(
-            "rr_adapters_resident", "Adapters loaded", value=len(ctx.encoder.resident())
-        )
+        yield GaugeMetricFamily("rr_adapters_resident", "Adapters loaded", value=snap.resident)
         yield CounterMetricFamily(
             "rr_expert_rows_reused",
             "Expert passes that ran only the top layers, from the routing pass's hidden states",
-            value=stats.reused_rows,
+            value=pool.reused_rows,
         )
-        shortcuts = ctx.encoder.shortcuts
         off = GaugeMetricFamily(
             "rr_shortcut_degraded",
             "Shortcut switched off for this process (1): the exact path serves instead",
@@ -105,35 +104,33 @@ class _StateCollector:
             "Times the exact path stood in for a shortcut that raised",
             labels=["shortcut"],
         )
-        degraded = shortcuts.degraded
-        for name, count in shortcuts.fallbacks.items():
-            off.add_metric([name], float(name in degraded))
+        for name, count in snap.fallbacks.items():
+            off.add_metric([name], float(name in snap.degraded))
             fallbacks.add_metric([name], count)
         yield off
         yield fallbacks
         depth = GaugeMetricFamily("rr_queue_depth", "Rows waiting per batcher", labels=["batcher"])
         batches = CounterMetricFamily("rr_batches", "Batches run per batcher", labels=["batcher"])
-        for batcher in (ctx.encoder_batcher, ctx.search_batcher):
+        for batcher in snap.batchers:
             depth.add_metric([batcher.name], batcher.pending)
             batches.add_metric([batcher.name], batcher.stats.batches)
         yield depth
         yield batches
-        rejected = ctx.encoder_batcher.stats.rejected + ctx.search_batcher.stats.rejected
+        rejected = sum(b.stats.rejected for b in snap.batchers)
         yield CounterMetricFamily("rr_rejected", "Requests refused with 429", value=rejected)
 
         hits = CounterMetricFamily("rr_cache_hits", "Embedding cache hits", labels=["level"])
         misses = CounterMetricFamily("rr_cache_misses", "Embedding cache misses", labels=["level"])
-        hits.add_metric(["local"], ctx.cache.hits)
-        misses.add_metric(["local"], ctx.cache.misses)
-        replication = getattr(self.state, "replication", None)
-        shared = getattr(replication, "shared_cache", None)
+        local, shared = snap.local_cache, snap.shared_cache
+        hits.add_metric(["local"], local.hits)
+        misses.add_metric(["local"], local.misses)
         if shared is not None:
             hits.add_metric(["shared"], shared.hits)
             misses.add_metric(["shared"], shared.misses)
         yield hits
         yield misses
-        lookups = ctx.cache.hits + ctx.cache.misses
-        ratio = (ctx.cache.hits + (shared.hits if shared else 0)) / lookups if lookups else 0.0
+        lookups = local.hits + local.misses
+        ratio = (local.hits + (shared.hits if shared else 0)) / lookups if lookups else 0.0
         yield GaugeMetricFamily(
             "rr_cache_hit_ratio", "Share of lookups served from a cache", value=ratio
         )
@@ -141,18 +138,15 @@ class _StateCollector:
             yield CounterMetricFamily(
                 "rr_shared_cache_bypassed",
                 "Lookups that skipped Redis (unreachable)",
-                value=shared.bypassed,
+                value=snap.shared_cache_bypassed,
             )
 
         sizes = GaugeMetricFamily("rr_index_documents", "Documents per index", labels=["index"])
-        for name in ctx.indexes.names():
-            try:
-                sizes.add_metric([name], len(ctx.indexes.get(name)))
-            except Exception:  # dropped while scraping
-                continue
+        for name, count in snap.index_documents.items():
+            sizes.add_metric([name], count)
         yield sizes
 
-        follower = getattr(replication, "follower", None)
+        follower = snap.follower
         if follower is not None:
             yield GaugeMetricFamily(
                 "rr_replication_lag_seconds",

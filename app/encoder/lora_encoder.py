@@ -292,7 +292,7 @@ class LoraEncoder:
                 output = self.model(**batch, output_hidden_states=keep)
             else:
                 output = self.model(**batch, adapter_names=adapters, output_hidden_states=keep)
-            if keep:  # routing rows: remember the input to the reuse layer
+            if keep and self._hidden is not None:  # routing rows: keep the reuse layer's input
                 states = output.hidden_states[self.reuse_layer]
                 lengths = batch["attention_mask"].sum(dim=1).tolist()
                 for j in remember:
@@ -317,7 +317,7 @@ class LoraEncoder:
         for j, state in enumerate(states):
             hidden[j, : len(state)] = state
             mask[j, : len(state)] = 1
-        bert = self.model.get_base_model()
+        bert: Any = self.model.get_base_model()  # a BertModel (peft types it loosely)
         with (
             torch.inference_mode(),
             self._autocast(),
@@ -375,12 +375,13 @@ class LoraEncoder:
     def _add_probe_adapter(self) -> None:
         from peft import LoraConfig
 
-        layers = len(self.model.get_base_model().encoder.layer)
+        bert: Any = self.model.get_base_model()
+        first = self.reuse_layer or 0
         config = LoraConfig(
             r=4,
             lora_alpha=8,
             target_modules=["query", "key", "value", "dense"],
-            layers_to_transform=list(range(self.reuse_layer, layers)),
+            layers_to_transform=list(range(first, len(bert.encoder.layer))),
             init_lora_weights=False,  # random A and B: the probe really changes the output
         )
         with self._torch.random.fork_rng(devices=[]):

@@ -111,13 +111,15 @@ def train_query_sample(entry: BenchmarkSet, size: int, seed: int) -> list[str]:
     queries = load_queries(entry.directory)
     ids = sorted(q for q in qrels if queries.get(q, "").strip())
     rng = np.random.default_rng(seed)
-    picked = rng.choice(len(ids), size=min(size, len(ids)), replace=False) if ids else []
+    picked: list[int] = (
+        list(rng.choice(len(ids), size=min(size, len(ids)), replace=False)) if ids else []
+    )
     return [queries[ids[int(i)]] for i in sorted(picked)]
 
 
 def _choices(decisions: list[Any], top2: bool = False) -> list[Choice]:
     if top2:
-        return [BASE if d.fallback else tuple(d.top(2)) for d in decisions]  # type: ignore[misc]
+        return [BASE if d.fallback else tuple(d.top(2)) for d in decisions]
     return [d.expert for d in decisions]
 
 

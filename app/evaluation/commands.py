@@ -30,7 +30,7 @@ def register(cli: typer.Typer) -> None:
         extra_zero_shot: list[Path] = typer.Option(None, help="More BEIR dirs (qrels/test.tsv)."),
         out: Path = typer.Option(Path("reports"), help="Output directory."),
         experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
-        multitask: Path = typer.Option(None, help=MULTITASK_HELP),
+        multitask: Path = typer.Option(None, "--multitask-dir", help=MULTITASK_HELP),
         cache_dir: Path = typer.Option(None, help=CACHE_HELP),
     ) -> None:
         """nDCG@10 / Recall@100 of every method on every test set; eval.json, eval.md, plots."""

@@ -137,7 +137,7 @@ def write_plots(data: dict[str, Any], out_dir: Path) -> list[Path]:
                 ax.text(
                     j,
                     i,
-                    int(counts[i, j]),
+                    str(int(counts[i, j])),
                     ha="center",
                     va="center",
                     fontsize=7,

@@ -72,8 +72,8 @@ def core_run(
         ranking: dict[str, float] = {}
         for item in ranked:
             hit = item.hit
-            key = hit.id if hit.index == dataset.name else f"{hit.index}::{hit.id}"
-            ranking.setdefault(key, item.score)
+            doc = hit.id if hit.index == dataset.name else f"{hit.index}::{hit.id}"
+            ranking.setdefault(doc, item.score)
         run[dataset.query_ids[qi]] = ranking or {MISS: 0.0}
     return run
 

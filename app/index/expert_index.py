@@ -57,6 +57,8 @@ class ExpertIndex:
         self._db.executescript(_SCHEMA)
         self._index = self._load_or_rebuild()
         self._searchable = search_copy(self._index)
+        # Documents in SQLite, kept with every write: readiness probes never run SQL.
+        self._rows = int(self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
 
     # -- state ---------------------------------------------------------------------------
 
@@ -69,11 +71,8 @@ class ExpertIndex:
         return int(self._index.ntotal)
 
     def readable(self) -> bool:
-        with self._lock:
-            if self._closed:
-                return False
-            count = self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
-            return bool(count == self._index.ntotal)
+        """Open, and FAISS holds every stored document (live counters: no SQL, no lock)."""
+        return not self._closed and self._rows == int(self._index.ntotal)
 
     def _load_or_rebuild(self) -> Any:
         faiss = faiss_module()
@@ -145,6 +144,7 @@ class ExpertIndex:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._rows += len(latest) - len(old_rows)
             self._apply(
                 remove=old_rows,
                 add_ids=np.array([r for r, _ in new_rows], dtype=np.int64),
@@ -162,6 +162,7 @@ class ExpertIndex:
             self._db.execute("DELETE FROM docs WHERE rowid=?", (row[0],))
             self._bump_generation()
             self._db.execute("COMMIT")
+            self._rows -= 1
             self._apply(remove=[row[0]], add_ids=None, add_vectors=None)
             return True
 

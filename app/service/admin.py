@@ -15,15 +15,17 @@ import numpy as np
 from app.core.names import RESERVED, check_name
 from app.core.pilots import centroid_pilots
 from app.encoder import BASE
+from app.encoder.base import QueryEncoder
 from app.encoder.documents import document_text
 from app.errors import Conflict, InvalidInput, NotFound
 from app.experts.artifacts import Expert
+from app.experts.registry import ExpertRegistry
 from app.experts.validation import normalize_pilots, parse_pilots, validate_adapter
-from app.index import Document
+from app.index import Document, IndexStore
 from app.replication.changes import DocumentDeleted, DocumentsUpserted, ExpertAdded, ExpertRemoved
 from app.replication.sinks import ChangeSink
 from app.service.batched_work import EncodeJob
-from app.service.context import ServiceContext
+from app.service.batcher import MicroBatcher
 
 # Documents are embedded in slices so searches interleave with a large upload.
 EMBED_SLICE = 128
@@ -32,15 +34,26 @@ MAX_PILOT_QUERIES = 10_000
 
 
 class AdminService:
-    def __init__(self, ctx: ServiceContext, sink: ChangeSink, replicated: bool = False) -> None:
-        self.ctx = ctx
+    def __init__(
+        self,
+        registry: ExpertRegistry,
+        indexes: IndexStore,
+        encoder: QueryEncoder,
+        encoder_batcher: MicroBatcher,
+        sink: ChangeSink,
+        replicated: bool = False,
+    ) -> None:
+        self.registry = registry
+        self.indexes = indexes
+        self.encoder = encoder
+        self.encoder_batcher = encoder_batcher
         self.sink = sink
         # Replicated: Redis decides existence atomically; local state may lag a moment.
         self.replicated = replicated
 
     def _require_expert(self, name: str) -> str:
         check_name(name)
-        if not self.replicated and name not in self.ctx.registry:
+        if not self.replicated and name not in self.registry:
             raise NotFound(f"expert {name!r} not found")
         return name
 
@@ -52,10 +65,10 @@ class AdminService:
         for start in range(0, len(texts), EMBED_SLICE):
             chunk = list(texts[start : start + EMBED_SLICE])
             job = EncodeJob(chunk, [BASE] * len(chunk))
-            parts.append(await self.ctx.encoder_batcher.submit(job, size=len(chunk)))
+            parts.append(await self.encoder_batcher.submit(job, size=len(chunk)))
             if progress is not None:
                 progress(len(chunk))
-        return np.concatenate(parts) if parts else np.zeros((0, self.ctx.encoder.dim), np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, self.encoder.dim), np.float32)
 
     # -- experts -------------------------------------------------------------------------
 
@@ -72,10 +85,10 @@ class AdminService:
         check_name(name)
         if name in RESERVED:
             raise InvalidInput(f"{name!r} is reserved")
-        if not self.replicated and name in self.ctx.registry:
+        if not self.replicated and name in self.registry:
             raise Conflict(f"expert {name!r} already exists")
         await asyncio.to_thread(
-            validate_adapter, adapter_config, adapter_model, self.ctx.encoder.module_shapes
+            validate_adapter, adapter_config, adapter_model, self.encoder.module_shapes
         )
         pilots = await self._pilots(pilots_npy, pilot_queries)
         change = ExpertAdded(name, adapter_config, adapter_model, pilots, description)
@@ -85,7 +98,7 @@ class AdminService:
         if (npy is None) == (queries is None):
             raise InvalidInput("give exactly one of pilot_queries (JSON list) or pilots (.npy)")
         if npy is not None:
-            return parse_pilots(npy, self.ctx.encoder.dim)
+            return parse_pilots(npy, self.encoder.dim)
         assert queries is not None
         if not queries or len(queries) > MAX_PILOT_QUERIES:
             raise InvalidInput(f"pilot_queries needs 1..{MAX_PILOT_QUERIES} example queries")
@@ -94,7 +107,7 @@ class AdminService:
         embedded = await self.embed_documents(list(queries))  # base space, like documents
         # Without relevance labels the paper's per-query expert labelling is impossible:
         # the expert's pilot is the plain centroid of its example queries.
-        return normalize_pilots(centroid_pilots(embedded), self.ctx.encoder.dim)
+        return normalize_pilots(centroid_pilots(embedded), self.encoder.dim)
 
     async def delete_expert(self, name: str) -> None:
         """Stop routing to it, let in-flight requests finish, then drop adapter and index."""
@@ -113,6 +126,6 @@ class AdminService:
 
     async def delete_document(self, name: str, doc_id: str) -> None:
         self._require_expert(name)
-        if name not in self.ctx.indexes or self.ctx.indexes.get(name).get(doc_id) is None:
+        if name not in self.indexes or self.indexes.get(name).get(doc_id) is None:
             raise NotFound(f"document {doc_id!r} not found in {name!r}")
         await self.sink.submit(DocumentDeleted(name, doc_id))

@@ -7,7 +7,10 @@ import asyncio
 import hashlib
 from typing import Any
 
+from app.encoder.base import QueryEncoder
 from app.errors import InvalidAdapter
+from app.experts.registry import ExpertRegistry
+from app.index import IndexStore
 from app.replication.changes import (
     Change,
     DocumentDeleted,
@@ -15,12 +18,26 @@ from app.replication.changes import (
     ExpertAdded,
     ExpertRemoved,
 )
-from app.service.context import ServiceContext
+from app.service.batcher import MicroBatcher
+from app.service.embedding_cache import EmbeddingCache
 
 
 class ChangeApplier:
-    def __init__(self, ctx: ServiceContext) -> None:
-        self.ctx = ctx
+    """Applies changes to this gateway's registry, indexes, adapter pool and cache."""
+
+    def __init__(
+        self,
+        registry: ExpertRegistry,
+        indexes: IndexStore,
+        encoder: QueryEncoder,
+        encoder_batcher: MicroBatcher,
+        cache: EmbeddingCache,
+    ) -> None:
+        self.registry = registry
+        self.indexes = indexes
+        self.encoder = encoder
+        self.encoder_batcher = encoder_batcher
+        self.cache = cache
 
     async def apply(self, change: Change) -> Any:
         if isinstance(change, ExpertAdded):
@@ -28,25 +45,25 @@ class ChangeApplier:
         if isinstance(change, ExpertRemoved):
             return await self._remove_expert(change.name)
         if isinstance(change, DocumentsUpserted):
-            if change.name not in self.ctx.registry:
+            if change.name not in self.registry:
                 return (0, 0)  # removed later in the log
-            index = await asyncio.to_thread(self.ctx.indexes.open, change.name)
+            index = await asyncio.to_thread(self.indexes.open, change.name)
             return await asyncio.to_thread(index.upsert, change.documents, change.embeddings)
         if isinstance(change, DocumentDeleted):
-            if change.name not in self.ctx.indexes:
+            if change.name not in self.indexes:
                 return False
-            return await asyncio.to_thread(self.ctx.indexes.get(change.name).delete, change.doc_id)
+            return await asyncio.to_thread(self.indexes.get(change.name).delete, change.doc_id)
         raise TypeError(f"not a change: {change!r}")
 
     async def _add_expert(self, change: ExpertAdded) -> Any:
-        registry = self.ctx.registry
+        registry = self.registry
         if change.name in registry:
             current = registry.get(change.name)
             if current.spec.adapter_sha256 == hashlib.sha256(change.adapter_model).hexdigest():
                 return current  # already applied
             await self._remove_expert(change.name)
         # Index first: the moment the router sees the expert, its index must exist.
-        await asyncio.to_thread(self.ctx.indexes.open, change.name)
+        await asyncio.to_thread(self.indexes.open, change.name)
         expert = await asyncio.to_thread(
             registry.add,
             change.name,
@@ -59,7 +76,7 @@ class ChangeApplier:
         )
         try:
             # Load it now: a failure surfaces here, not as base vectors under its name.
-            await self.ctx.encoder_batcher.call(self.ctx.encoder.ensure_resident, [change.name])
+            await self.encoder_batcher.call(self.encoder.ensure_resident, [change.name])
         except InvalidAdapter:
             await self._remove_expert(change.name)
             raise
@@ -67,8 +84,8 @@ class ChangeApplier:
 
     async def _remove_expert(self, name: str) -> None:
         """Stop routing to it, let in-flight requests finish, then drop adapter and index."""
-        if name in self.ctx.registry:
-            await asyncio.to_thread(self.ctx.registry.remove, name)
-        await self.ctx.encoder_batcher.call(self.ctx.encoder.unload, name)
-        self.ctx.cache.drop_expert(name)
-        await asyncio.to_thread(self.ctx.indexes.drop, name)
+        if name in self.registry:
+            await asyncio.to_thread(self.registry.remove, name)
+        await self.encoder_batcher.call(self.encoder.unload, name)
+        self.cache.drop_expert(name)
+        await asyncio.to_thread(self.indexes.drop, name)

@@ -47,6 +47,11 @@ class BatcherStats:
     busy_s: float = 0.0
 
 
+def _single(process: Process, payload: Any) -> Callable[[], Any]:
+    """`process` on one payload alone (to isolate a failing job of a batch)."""
+    return lambda: process([payload])[0]
+
+
 def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
     if future.done():  # cancelled by a client that went away
         return
@@ -64,7 +69,7 @@ class MicroBatcher:
         max_batch: int = 64,
         max_wait_ms: float = 0.0,
         max_pending: int = 4096,
-        on_start: Callable[[], None] | None = None,
+        on_start: Callable[[], object] | None = None,
     ) -> None:
         self.name = name
         processes = list(process) if isinstance(process, Sequence) else [process]
@@ -185,7 +190,7 @@ class MicroBatcher:
             if len(jobs) == 1:
                 return [(None, exc)]
             # Isolate the failing job(s): each one alone.
-            return [self._outcome(lambda job=job: process([job.payload])[0]) for job in jobs]
+            return [self._outcome(_single(process, job.payload)) for job in jobs]
         return [(result, None) for result in results]
 
     @staticmethod

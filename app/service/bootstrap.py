@@ -21,41 +21,40 @@ log = logging.getLogger(__name__)
 UPSERT_CHUNK = 2048
 
 
-def corpora_to_index(admin: AdminService) -> list[tuple[str, Path]]:
+def corpora_to_index(admin: AdminService, datasets: Path | None) -> list[tuple[str, Path]]:
     from app.data.beir import load_benchmark
 
-    datasets = admin.ctx.settings.datasets_dir
     if datasets is None or not (Path(datasets) / "benchmark.json").is_file():
         return []
-    ctx = admin.ctx
     todo = []
     for dataset in load_benchmark(Path(datasets) / "benchmark.json").experts:
         name = dataset.name
-        empty = name not in ctx.indexes or len(ctx.indexes.get(name)) == 0
-        if name in ctx.registry and empty and (dataset.directory / "corpus.jsonl").is_file():
+        empty = name not in admin.indexes or len(admin.indexes.get(name)) == 0
+        if name in admin.registry and empty and (dataset.directory / "corpus.jsonl").is_file():
             todo.append((name, dataset.directory))
     return todo
 
 
-async def index_expert_corpora(admin: AdminService) -> int:
-    """Returns how many documents were indexed."""
+async def index_expert_corpora(admin: AdminService, datasets: Path | None, cache_dir: Path) -> int:
+    """Embeds and upserts the corpora `corpora_to_index` names, reusing document embeddings
+    cached under `cache_dir` (RR_CACHE_DIR). Returns how many documents were indexed."""
     from tqdm import tqdm
 
     from app.data.beir import load_corpus
     from app.data.doc_embeddings import corpus_key
     from app.encoder.documents import document_text
 
-    todo = corpora_to_index(admin)
+    todo = corpora_to_index(admin, datasets)
     if not todo:
         return 0
-    cache_dir = admin.ctx.settings.cache_dir / "embeddings"
+    cache_dir = cache_dir / "embeddings"
     corpora = {name: load_corpus(directory) for name, directory in todo}
     total = sum(len(c) for c in corpora.values())
     indexed = 0
     with tqdm(total=total, unit="doc", desc="embedding expert corpora") as bar:
         for name, directory in todo:
             corpus = corpora[name]
-            cached = cache_dir / f"{corpus_key(directory, admin.ctx.encoder.max_seq_length)}.npy"
+            cached = cache_dir / f"{corpus_key(directory, admin.encoder.max_seq_length)}.npy"
             vectors = np.load(cached) if cached.is_file() else None
             if vectors is None or len(vectors) != len(corpus):
                 texts = [document_text(d["title"], d["text"]) for d in corpus]

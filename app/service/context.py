@@ -88,7 +88,7 @@ class ServiceContext:
         for name in experts:
             indexes.open(name)
         log.info("serving %d experts with %d model workers", len(experts), workers)
-        batching = {"max_wait_ms": settings.max_wait_ms, "max_pending": settings.max_queue}
+        wait_ms, pending = settings.max_wait_ms, settings.max_queue
         return cls(
             settings,
             encoder,
@@ -99,7 +99,8 @@ class ServiceContext:
                 [encode_batch(encoder, replica) for replica in range(workers)],
                 settings.max_batch,
                 on_start=on_start,
-                **batching,
+                max_wait_ms=wait_ms,
+                max_pending=pending,
             ),
             MicroBatcher(
                 "search",
@@ -107,7 +108,8 @@ class ServiceContext:
                 settings.max_batch,
                 # OpenMP thread counts are per calling thread: set on the worker itself.
                 on_start=lambda: set_search_threads(settings.faiss_threads),
-                **batching,
+                max_wait_ms=wait_ms,
+                max_pending=pending,
             ),
             EmbeddingCache(settings.embedding_cache_size),
         )

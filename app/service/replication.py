@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 
 from app.errors import Conflict, ServiceError
 from app.experts.artifacts import ADAPTER_CONFIG, ADAPTER_MODEL
-from app.replication.changes import ExpertAdded
+from app.experts.registry import ExpertRegistry
+from app.replication.changes import Applier, ExpertAdded
 from app.replication.follower import Follower
 from app.replication.redis_log import RedisChangeLog, redis_errors
 from app.replication.shared_cache import SharedEmbeddingCache
 from app.replication.sinks import ChangeSink, LocalSink, ReplicatedSink
-from app.service.applier import ChangeApplier
-from app.service.context import ServiceContext
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 FOLLOW_BLOCK_MS = 1000
@@ -45,16 +45,18 @@ class Replication:
             await client.aclose()
 
 
-async def start_replication(ctx: ServiceContext) -> Replication:
-    settings = ctx.settings
-    applier = ChangeApplier(ctx)
-    if not settings.redis_url:
+async def start_replication(
+    settings: Settings, registry: ExpertRegistry, applier: Applier, dim: int
+) -> Replication:
+    """Embedded (changes applied at once) without RR_REDIS_URL, else follow the change log."""
+    redis_url = settings.redis_url
+    if not redis_url:
         return Replication(sink=LocalSink(applier))
     import redis.asyncio as redis
 
     def connect(read_timeout_s: float) -> redis.Redis:
         return redis.from_url(
-            settings.redis_url,
+            redis_url,
             socket_timeout=read_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
             health_check_interval=10,
@@ -66,29 +68,29 @@ async def start_replication(ctx: ServiceContext) -> Replication:
     follower_log = RedisChangeLog(connect(FOLLOW_BLOCK_MS / 1000 + settings.redis_timeout_s))
     follower = Follower(follower_log, applier, settings.indexes_dir, FOLLOW_BLOCK_MS)
     follower.start()
-    shared = SharedEmbeddingCache(client, ctx.encoder.dim, settings.redis_cache_ttl_s)
+    shared = SharedEmbeddingCache(client, dim, settings.redis_cache_ttl_s)
     replication = Replication(
         ReplicatedSink(changelog, follower),
         follower,
         shared,
         [client, follower_log.client],
     )
-    replication._seeding = asyncio.create_task(_seed_local_experts(ctx, changelog, follower))
+    replication._seeding = asyncio.create_task(_seed_local_experts(registry, changelog, follower))
     return replication
 
 
 async def _seed_local_experts(
-    ctx: ServiceContext, changelog: RedisChangeLog, follower: Follower
+    registry: ExpertRegistry, changelog: RedisChangeLog, follower: Follower
 ) -> None:
     """Publish experts that exist only on this gateway's disk (e.g. shipped in the image)."""
     while True:
         try:
             if follower.caught_up:
                 known = await changelog.experts()
-                for name in ctx.registry.names():
+                for name in registry.names():
                     if name in known:
                         continue
-                    expert = ctx.registry.get(name)
+                    expert = registry.get(name)
                     change = ExpertAdded(
                         name,
                         (expert.path / ADAPTER_CONFIG).read_bytes(),
@@ -104,6 +106,6 @@ async def _seed_local_experts(
                     except Conflict:
                         pass
                 return
-        except (ServiceError, *redis_errors()) as exc:
+        except (ServiceError, *redis_errors()) as exc:  # type: ignore[misc]  # run-time tuple
             log.warning("seeding local experts postponed: %s", exc)
         await asyncio.sleep(0.5)

@@ -18,11 +18,15 @@ from app.core.names import AUTO, BASE_EXPERT, check_name
 from app.core.planning import Key, Plan, SearchOptions, encoders_for, search_jobs
 from app.core.router import Router, RoutingDecision
 from app.encoder import BASE
+from app.encoder.base import QueryEncoder
 from app.errors import InvalidInput, NotFound
-from app.index import Hit
+from app.experts.registry import ExpertRegistry
+from app.index import Hit, IndexStore
 from app.replication.shared_cache import SharedEmbeddingCache
 from app.service.batched_work import EncodeJob, SearchJob
-from app.service.context import ServiceContext
+from app.service.batcher import MicroBatcher
+from app.service.embedding_cache import EmbeddingCache
+from app.settings import Settings
 from app.shortcuts import EMBEDDING_CACHE, IDENTITY_EXPERT_SKIP, SHARED_EMBEDDING_CACHE
 
 
@@ -44,11 +48,26 @@ def _ms(since: float) -> float:
 
 
 class RetrievalService:
-    def __init__(self, ctx: ServiceContext, shared_cache: SharedEmbeddingCache | None = None):
-        self.ctx = ctx
-        self.settings = ctx.settings
+    def __init__(
+        self,
+        settings: Settings,
+        encoder: QueryEncoder,
+        registry: ExpertRegistry,
+        indexes: IndexStore,
+        encoder_batcher: MicroBatcher,
+        search_batcher: MicroBatcher,
+        cache: EmbeddingCache,
+        shared_cache: SharedEmbeddingCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self.registry = registry
+        self.indexes = indexes
+        self.encoder_batcher = encoder_batcher
+        self.search_batcher = search_batcher
+        self.cache = cache
         self.shared_cache = shared_cache
-        self.shortcuts = ctx.encoder.shortcuts
+        self.shortcuts = encoder.shortcuts
 
     # -- validation ----------------------------------------------------------------------
 
@@ -67,12 +86,12 @@ class RetrievalService:
         if name == BASE_EXPERT or (allow_auto and name == AUTO):
             return name
         check_name(name)
-        if name not in self.ctx.registry:
+        if name not in self.registry:
             raise NotFound(f"expert {name!r} not found")
         return name
 
     def check_index(self, name: str | None) -> str | None:
-        if name is not None and check_name(name) not in self.ctx.indexes:
+        if name is not None and check_name(name) not in self.indexes:
             raise NotFound(f"index {name!r} not found")
         return name
 
@@ -81,7 +100,7 @@ class RetrievalService:
     def _version(self, expert: str) -> str:
         if expert == BASE_EXPERT:
             return BASE_EXPERT
-        return f"{expert}@{self.ctx.registry.get(expert).spec.adapter_sha256}"
+        return f"{expert}@{self.registry.get(expert).spec.adapter_sha256}"
 
     def _is_base(self, expert: str) -> bool:
         """The plain base model, or an expert whose adapter leaves it unchanged (a shortcut:
@@ -91,7 +110,7 @@ class RetrievalService:
         if not self.shortcuts.enabled(IDENTITY_EXPERT_SKIP):
             return False
         try:
-            return bool(self.ctx.registry.get(expert).identity)
+            return bool(self.registry.get(expert).identity)
         except NotFound:  # deleted meanwhile: let the encoder report it
             return False
         except Exception as exc:
@@ -100,8 +119,8 @@ class RetrievalService:
 
     def _cached(self, text: str, version: str) -> np.ndarray | None:
         try:
-            vector = self.ctx.cache.get(text, version)
-            if vector is not None and vector.shape != (self.ctx.encoder.dim,):
+            vector = self.cache.get(text, version)
+            if vector is not None and vector.shape != (self.encoder.dim,):
                 raise ValueError(f"cached vector has shape {vector.shape}")
             return vector
         except Exception as exc:  # a miss: the encoder computes it
@@ -110,7 +129,7 @@ class RetrievalService:
 
     def _remember(self, text: str, version: str, vector: np.ndarray) -> None:
         try:
-            self.ctx.cache.put(text, version, vector)
+            self.cache.put(text, version, vector)
         except Exception as exc:
             self.shortcuts.failed(EMBEDDING_CACHE, exc, switch_off=False)
 
@@ -120,7 +139,7 @@ class RetrievalService:
         try:
             found = await self.shared_cache.get_many(list(zip(texts, versions, strict=True)))
             for vector in found:
-                if vector is not None and vector.shape != (self.ctx.encoder.dim,):
+                if vector is not None and vector.shape != (self.encoder.dim,):
                     raise ValueError(f"shared cache vector has shape {vector.shape}")
             return found
         except Exception as exc:  # misses: the encoder computes them
@@ -135,7 +154,7 @@ class RetrievalService:
         `routing`: the base pass that routes these queries (an expert pass may follow).
         """
         versions = [self._version(e) for e in experts]
-        out = np.empty((len(texts), self.ctx.encoder.dim), dtype=np.float32)
+        out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
         missing = []
         for i, (text, version) in enumerate(zip(texts, versions, strict=True)):
             cached = self._cached(text, version)
@@ -158,7 +177,7 @@ class RetrievalService:
                 [BASE if self._is_base(experts[i]) else experts[i] for i in missing],
                 routing,
             )
-            encoded = await self.ctx.encoder_batcher.submit(job, size=len(missing))
+            encoded = await self.encoder_batcher.submit(job, size=len(missing))
             for row, i in zip(encoded, missing, strict=True):
                 out[i] = row
                 self._remember(texts[i], versions[i], row.copy())  # not a view of the batch
@@ -174,14 +193,14 @@ class RetrievalService:
     async def route(self, queries: Sequence[str]) -> list[RoutingDecision]:
         self.check_queries(queries)
         base = await self._encode(queries, [BASE_EXPERT] * len(queries))
-        return self.ctx.registry.router.route(base)
+        return self.registry.router.route(base)
 
     async def embed(self, texts: Sequence[str], model: str) -> list[Embedding]:
         """Query-side embeddings: `auto` routes each text, else one expert (or base)."""
         self.check_queries(texts)
         self.check_expert(model)
         if model != AUTO:
-            with self.ctx.registry.lease([model]):
+            with self.registry.lease([model]):
                 vectors = await self._encode(texts, [model] * len(texts))
             return [Embedding(v, model) for v in vectors]
         base = await self._encode(texts, [BASE_EXPERT] * len(texts), routing=True)
@@ -190,7 +209,7 @@ class RetrievalService:
             chosen = [d.expert for d in router.route(base)]
             return chosen, chosen
 
-        with self.ctx.registry.routed_lease(choose) as chosen:
+        with self.registry.routed_lease(choose) as chosen:
             routed = [i for i, e in enumerate(chosen) if not self._is_base(e)]
             if routed:
                 base[routed] = await self._encode(
@@ -198,8 +217,9 @@ class RetrievalService:
                 )
         return [Embedding(v, e) for v, e in zip(base, chosen, strict=True)]
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        return self.ctx.encoder.token_counts(texts)
+    async def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text costs (usage reporting), counted off the event loop."""
+        return await asyncio.to_thread(self.encoder.token_counts, texts)
 
     # -- search --------------------------------------------------------------------------
 
@@ -223,7 +243,7 @@ class RetrievalService:
             plans = [encoders_for(d, options) for d in decisions]
             return (decisions, plans), {e for p in plans for e in p}
 
-        with self.ctx.registry.routed_lease(plan) as (decisions, plans):
+        with self.registry.routed_lease(plan) as (decisions, plans):
             route_ms = _ms(started)
             t_encode = time.perf_counter()
             vectors = await self._plan_vectors(queries, plans, base)
@@ -265,7 +285,7 @@ class RetrievalService:
     ) -> list[list[RankedHit]]:
         # The core groups every (query, expert) vector by the index it searches: one
         # batched FAISS call per index, then the core's fusion.
-        jobs = search_jobs(plans, options, self.ctx.indexes.names())
+        jobs = search_jobs(plans, options, self.indexes.names())
         per_index = await asyncio.gather(
             *(self._search_index(name, keys, vectors, options) for name, keys in jobs.items())
         )
@@ -283,11 +303,11 @@ class RetrievalService:
         options: SearchOptions,
     ) -> dict[Key, list[Hit]]:
         try:
-            self.ctx.indexes.get(name)
+            self.indexes.get(name)
             job = SearchJob(
                 name, np.stack([vectors[key] for key in keys]), options.k, options.include_text
             )
-            hits = await self.ctx.search_batcher.submit(job, size=len(keys))
+            hits = await self.search_batcher.submit(job, size=len(keys))
         except NotFound:
             if name == options.index:
                 raise

@@ -117,8 +117,8 @@ def make_pilots(
     pilots = algorithm1_pilots(grouped, k=k)
     for name, d in domains.items():  # an expert that won no query still needs a pilot
         if name not in pilots:
-            keep = mask[name] if mask is not None else slice(None)
-            pilots[name] = centroid_pilots(d.embeddings[keep], k=k)
+            rows = d.embeddings[mask[name]] if mask is not None else d.embeddings
+            pilots[name] = centroid_pilots(rows, k=k)
     return pilots
 
 

@@ -257,7 +257,7 @@ def register(cli: typer.Typer) -> None:
             for r in ("paper", "centroid")
             for n, p in bp.make_pilots(domains, r, 0.0, k).items()
         }
-        np.savez(variants_file, **variants)
+        np.savez(variants_file, **variants)  # type: ignore[arg-type]  # numpy stub: allow_pickle
         payload = {
             "chosen": {"rule": rule, "margin": margin, "k": k, "max_queries": max_queries},
             "held_out_train_comparison": comparison,

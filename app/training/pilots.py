@@ -26,11 +26,11 @@ def label_queries(
     prototype did). Tie rule: the query's own domain expert keeps the query when it is within
     `margin` of the best score, so weak experts that tie with everyone keep their domain.
     """
-    names = list(scores)
+    names: list[str] = list(scores)
     matrix = np.stack([np.asarray(scores[n], dtype=np.float64) for n in names], axis=1)
     best = matrix.max(axis=1)
     labels = [names[int(i)] for i in np.argmax(matrix, axis=1)]
-    if margin is not None and own_expert in scores:
+    if margin is not None and own_expert is not None and own_expert in scores:
         own = matrix[:, names.index(own_expert)]
         labels = [
             own_expert if own[i] >= best[i] - margin else label for i, label in enumerate(labels)

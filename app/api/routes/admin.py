@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
-from app.api.deps import AdminDep, require_admin
+from app.api.deps import AdminDep, CatalogDep, require_admin
 from app.api.errors import ERROR_RESPONSES
 from app.api.routes.experts import describe
 from app.api.schemas import DocumentsRequest, DocumentsResponse, ExpertOut
@@ -36,8 +36,8 @@ def _pilot_queries(raw: str | None) -> list[str] | None:
 
 @router.post("/experts", status_code=201, response_model=ExpertOut)
 async def register_expert(
-    request: Request,
     admin: AdminDep,
+    catalog: CatalogDep,
     name: Annotated[str, Form(description="Expert name: [a-z0-9][a-z0-9_-]{0,63}")],
     adapter_config: Annotated[UploadFile, File(description="peft adapter_config.json")],
     adapter_model: Annotated[UploadFile, File(description="adapter_model.safetensors")],
@@ -56,7 +56,7 @@ async def register_expert(
         pilot_queries=_pilot_queries(pilot_queries),
         description=description,
     )
-    return describe(request.app.state.ctx, name)
+    return describe(catalog.get(name))
 
 
 @router.delete("/experts/{name}", status_code=204)

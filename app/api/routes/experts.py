@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
+from app.api.deps import CatalogDep
 from app.api.errors import ERROR_RESPONSES
 from app.api.schemas import ExpertList, ExpertOut
 from app.core.names import check_name
-from app.errors import NotFound
-from app.service.context import ServiceContext
+from app.service.catalog import ExpertInfo
 
 router = APIRouter(prefix="/v1/experts", tags=["experts"], responses=ERROR_RESPONSES)
 
 
-def describe(ctx: ServiceContext, name: str) -> ExpertOut:
-    spec = ctx.registry.get(name).spec
-    documents = len(ctx.indexes.get(name)) if name in ctx.indexes else 0
+def describe(info: ExpertInfo) -> ExpertOut:
+    spec = info.spec
     return ExpertOut(
         name=spec.name,
         description=spec.description,
@@ -24,26 +23,19 @@ def describe(ctx: ServiceContext, name: str) -> ExpertOut:
         pilot_count=spec.pilot_count,
         adapter_sha256=spec.adapter_sha256,
         fallback_threshold=spec.fallback_threshold,
-        documents=documents,
-        resident=ctx.encoder.is_resident(name),
+        documents=info.documents,
+        resident=info.resident,
         extra=spec.extra,
     )
 
 
 @router.get("", response_model=ExpertList)
-async def list_experts(request: Request) -> ExpertList:
+async def list_experts(catalog: CatalogDep) -> ExpertList:
     """Every registered expert with its index size and whether its adapter is loaded."""
-    ctx: ServiceContext = request.app.state.ctx
-    experts = []
-    for name in ctx.registry.names():
-        try:
-            experts.append(describe(ctx, name))
-        except NotFound:
-            continue  # deleted while listing
-    return ExpertList(experts=experts)
+    return ExpertList(experts=[describe(info) for info in catalog.list()])
 
 
 @router.get("/{name}", response_model=ExpertOut)
-async def get_expert(name: str, request: Request) -> ExpertOut:
+async def get_expert(name: str, catalog: CatalogDep) -> ExpertOut:
     """One expert's metadata, pilot count, index size and residency."""
-    return describe(request.app.state.ctx, check_name(name))
+    return describe(catalog.get(check_name(name)))

@@ -1,0 +1,39 @@
+"""The expert catalogue: what `/v1/experts` and registration answers describe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.encoder.base import QueryEncoder
+from app.errors import NotFound
+from app.experts.artifacts import ExpertSpec
+from app.experts.registry import ExpertRegistry
+from app.index import IndexStore
+
+
+@dataclass(frozen=True)
+class ExpertInfo:
+    spec: ExpertSpec
+    documents: int  # in its index now
+    resident: bool  # its adapter is loaded on some model worker
+
+
+class CatalogService:
+    def __init__(self, registry: ExpertRegistry, indexes: IndexStore, encoder: QueryEncoder):
+        self.registry = registry
+        self.indexes = indexes
+        self.encoder = encoder
+
+    def get(self, name: str) -> ExpertInfo:
+        spec = self.registry.get(name).spec  # NotFound if unknown
+        documents = len(self.indexes.get(name)) if name in self.indexes else 0
+        return ExpertInfo(spec, documents, self.encoder.is_resident(name))
+
+    def list(self) -> list[ExpertInfo]:
+        found = []
+        for name in self.registry.names():
+            try:
+                found.append(self.get(name))
+            except NotFound:
+                continue  # deleted while listing
+        return found
