@@ -106,6 +106,18 @@ def adapter_files(path: Path) -> dict[str, tuple[str, bytes, str]]:
     }
 
 
+def register(client: Any, name: str, adapter: Path, queries: list[str]) -> Any:
+    """POST /admin/experts with an adapter directory's files and example pilot queries."""
+    import json
+
+    return client.post(
+        "/admin/experts",
+        headers=AUTH,
+        data={"name": name, "description": f"{name} expert", "pilot_queries": json.dumps(queries)},
+        files=adapter_files(adapter),
+    )
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     import io
 

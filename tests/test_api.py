@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.app import create_app
-from tests.helpers import AUTH, adapter_files
+from tests.helpers import AUTH, adapter_files, register
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +48,6 @@ CODE_DOCS = [
         "text": "def reverse(s): return s[::-1]  # reverse a string in python",
     },
 ]
-
-
-def register(client: TestClient, name: str, adapter: Path, queries: list[str]):
-    return client.post(
-        "/admin/experts",
-        headers=AUTH,
-        data={"name": name, "description": f"{name} expert", "pilot_queries": json.dumps(queries)},
-        files=adapter_files(adapter),
-    )
 
 
 def populate(client: TestClient, adapter_a: Path, adapter_b: Path) -> None:

@@ -7,7 +7,6 @@ the real model's semantics stays in the slow tier (test_api.py).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.app import create_app
-from tests.helpers import AUTH, adapter_files, write_lora
+from tests.helpers import AUTH, register, write_lora
 
 AERO = ["wing lift drag", "supersonic shock airfoil", "wing boundary layer"]
 CODE = ["python sort list", "python read file", "python string reverse"]
@@ -29,15 +28,6 @@ CODE_DOCS = [
     {"id": "c1", "title": "sort", "text": "python sort a list", "metadata": {"lang": "python"}},
     {"id": "c2", "title": "reverse", "text": "python reverse a string"},
 ]
-
-
-def register(client: TestClient, name: str, adapter: Path, queries: list[str]):
-    return client.post(
-        "/admin/experts",
-        headers=AUTH,
-        data={"name": name, "description": f"{name} expert", "pilot_queries": json.dumps(queries)},
-        files=adapter_files(adapter),
-    )
 
 
 def populate(client: TestClient, lora_a: Path, lora_b: Path) -> None:

@@ -1,4 +1,5 @@
-"""Serving under load with the real model: batching, back-pressure, cache invalidation."""
+"""Serving under load: batching with the real model (slow); back-pressure and cache
+invalidation on the fake encoder (fast: they are the service's behaviour, not the model's)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.encoder import LoraEncoder
 from tests.helpers import AUTH, adapter_files, live_server
-
-pytestmark = pytest.mark.slow
 
 DOMAINS = {
     "aero": ["lift and drag of a swept wing", "shock waves over an airfoil at mach two"],
@@ -63,6 +61,7 @@ def three_adapters(adapters_root: str) -> dict[str, Path]:
     return {name: make_adapter(10 + i, adapters_root) for i, name in enumerate(DOMAINS)}
 
 
+@pytest.mark.slow
 def test_concurrent_mixed_traffic_is_embedded_by_the_reported_expert(
     settings, three_adapters
 ) -> None:
@@ -93,6 +92,8 @@ def test_concurrent_mixed_traffic_is_embedded_by_the_reported_expert(
         stats = app.state.ctx.encoder_batcher.stats
         assert stats.largest_batch > 1  # traffic really was batched
 
+    from app.encoder import LoraEncoder
+
     reference = LoraEncoder(lambda name: three_adapters[name], capacity=3)
     experts = {expert for _, expert, _ in results}
     assert len(results) == 96 and len(experts) >= 2, experts
@@ -102,6 +103,7 @@ def test_concurrent_mixed_traffic_is_embedded_by_the_reported_expert(
         assert np.abs(np.array(vector) - expected).max() <= 1e-4, (text, expert)
 
 
+@pytest.mark.slow
 def test_batch_search_equals_single_searches(client: TestClient, three_adapters) -> None:
     _register_all(client, three_adapters)
     batch = client.post("/v1/search/batch", json={"queries": QUERIES, "k": 3}).json()
@@ -115,10 +117,10 @@ def test_batch_search_equals_single_searches(client: TestClient, three_adapters)
         )
 
 
-def test_full_queue_answers_429_with_retry_after(settings) -> None:
-    settings.max_queue = 1
-    settings.max_batch = 1
-    with live_server(settings) as (url, app):
+def test_full_queue_answers_429_with_retry_after(fake_settings) -> None:
+    fake_settings.max_queue = 1
+    fake_settings.max_batch = 1
+    with live_server(fake_settings) as (url, app):
         gate = threading.Event()
         # Occupy the model thread so requests pile up in the (one-row) queue.
         holder = threading.Thread(
@@ -148,8 +150,12 @@ def test_full_queue_answers_429_with_retry_after(settings) -> None:
 
 
 def test_cache_hits_and_invalidation_on_re_add(
-    client: TestClient, adapter_a: Path, adapter_b: Path
+    fake_client: TestClient, lora_a: Path, lora_b: Path
 ) -> None:
+    from app.encoder.fake import FakeEncoder
+
+    client = fake_client
+
     def register(adapter: Path) -> None:
         response = client.post(
             "/admin/experts",
@@ -164,14 +170,14 @@ def test_cache_hits_and_invalidation_on_re_add(
         return np.array(body["data"][0]["embedding"])
 
     cache = client.app.state.ctx.cache
-    register(adapter_a)
+    register(lora_a)
     first = embed()
     hits_before = cache.hits
     assert np.array_equal(embed(), first) and cache.hits == hits_before + 1  # served from cache
 
     assert client.delete("/admin/experts/swap", headers=AUTH).status_code == 204
-    register(adapter_b)  # same name, new weights
+    register(lora_b)  # same name, new weights
     second = embed()
-    [expected] = LoraEncoder(lambda name: adapter_b).encode(["cache me"], ["swap"])
+    [expected] = FakeEncoder(lambda name: lora_b).encode(["cache me"], ["swap"])
     assert not np.allclose(second, first, atol=1e-3)
     assert np.abs(second - expected).max() <= 1e-5

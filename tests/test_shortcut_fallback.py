@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.encoder import hf_private
 from app.shortcuts import HIDDEN_STATE_REUSE, Shortcuts
-from tests.helpers import AUTH, adapter_files, make_adapter
+from tests.helpers import AUTH, make_adapter, register
 
 QUERY = "python sort dict by value"
 CODE_QUERIES = ["python read a csv file", "sort a list in python", "reverse a string in python"]
@@ -71,12 +70,7 @@ def test_a_failed_self_check_switches_reuse_off(
 
 
 def _register(client: TestClient, name: str, adapter: Path, queries: list[str]) -> None:
-    response = client.post(
-        "/admin/experts",
-        headers=AUTH,
-        data={"name": name, "pilot_queries": json.dumps(queries)},
-        files=adapter_files(adapter),
-    )
+    response = register(client, name, adapter, queries)
     assert response.status_code == 201, response.text
 
 
