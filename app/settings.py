@@ -68,7 +68,10 @@ class Settings(BaseSettings):
     hnsw_m: int = Field(default=32, ge=4)
 
     max_query_chars: int = Field(default=2048, ge=1)
-    max_batch_queries: int = Field(default=256, ge=1)
+    # Inputs per /v1/embeddings or batch-search request: OpenAI's own limit, so clients that
+    # batch as they do for OpenAI (langchain: 1,000) work. Rows are encoded in buckets of
+    # RR_ENCODE_BATCH_SIZE, so memory grows with the bucket, not the request.
+    max_batch_queries: int = Field(default=2048, ge=1)
     max_k: int = Field(default=1000, ge=1)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 

@@ -242,3 +242,27 @@ def test_top_layer_expert_starts_from_the_routing_pass(
     [reference] = LoraEncoder(lambda name: top).encode([query], ["code"])
     assert np.abs(np.array(routed["embedding"]) - reference).max() <= 1e-5
     assert "rr_expert_rows_reused_total 1.0" in client.get("/metrics").text
+
+
+def test_adapter_whose_outputs_overflow_is_refused(
+    client: TestClient, adapter_a: Path, tmp_path: Path
+) -> None:
+    """Finite weights scaled by 1e30 overflow to NaN embeddings: refused at registration
+    (422), instead of serving null vectors and empty searches."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    huge = tmp_path / "huge"
+    shutil.copytree(adapter_a, huge)
+    tensors = load_file(str(adapter_a / "adapter_model.safetensors"))
+    save_file(
+        {k: v * np.float32(1e30) for k, v in tensors.items()},
+        str(huge / "adapter_model.safetensors"),
+    )
+    response = register(client, "huge", huge, AERO_QUERIES)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_adapter"
+    assert "non-finite" in response.json()["error"]["message"]
+    assert client.get("/v1/experts/huge").status_code == 404
+    assert client.post("/v1/search", json={"query": "lift of a wing"}).status_code == 200

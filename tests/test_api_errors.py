@@ -234,3 +234,89 @@ def test_embeddings_bad_input(api: TestClient) -> None:
     assert_error(api.post("/v1/embeddings", json={"input": ["ok", ""]}), 422)
     assert_error(api.post("/v1/embeddings", json={"input": "ok", "encoding_format": "int8"}), 422)
     assert_error(api.post("/v1/search/batch", json={"queries": []}), 422)
+
+
+# -- text that is valid JSON but not UTF-8 (lone UTF-16 surrogates) ----------------------
+
+SURROGATE = "\ud800"  # json.dumps writes it as the escape "\\ud800": valid JSON
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/v1/search", {"query": f"wing {SURROGATE}"}),
+        ("post", "/v1/search/batch", {"queries": ["fine", SURROGATE]}),
+        ("post", "/v1/route", {"query": SURROGATE}),
+        ("post", "/v1/embeddings", {"input": SURROGATE}),
+        ("post", "/v1/embeddings", {"input": ["fine", f"x{SURROGATE}"]}),
+        ("put", "/admin/experts/sci/documents", {"documents": [{"id": SURROGATE, "text": "t"}]}),
+        ("put", "/admin/experts/sci/documents", {"documents": [{"id": "1", "title": SURROGATE}]}),
+        ("put", "/admin/experts/sci/documents", {"documents": [{"id": "1", "text": SURROGATE}]}),
+        (
+            "put",
+            "/admin/experts/sci/documents",
+            {"documents": [{"id": "1", "text": "t", "metadata": {"k": SURROGATE}}]},
+        ),
+        (
+            "put",
+            "/admin/experts/sci/documents",
+            {"documents": [{"id": "1", "text": "t", "metadata": {"a": [{SURROGATE: 1}]}}]},
+        ),
+    ],
+)
+def test_lone_surrogates_are_422_everywhere(api: TestClient, method: str, path: str, body):
+    raw = json.dumps(body)  # ASCII JSON with "\ud800" escapes, as a hostile client sends it
+    headers = AUTH | {"content-type": "application/json"}
+    response = getattr(api, method)(path, headers=headers, content=raw)
+    assert_error(response, 422, "invalid_request")  # not the 500 it was
+
+
+def test_lone_surrogate_in_pilot_queries_is_422(api: TestClient, lora_a: Path) -> None:
+    response = api.post(
+        "/admin/experts",
+        headers=AUTH,
+        data={"name": "poison", "pilot_queries": json.dumps(["ok", SURROGATE])},
+        files=adapter_files(lora_a),
+    )
+    assert_error(response, 422)
+    assert api.get("/v1/experts/poison").status_code == 404
+
+
+def test_a_stored_unencodable_document_never_fails_a_search(api: TestClient) -> None:
+    """Stored before the edge refused such text (or written around the API): the search
+    answers 200 with the text repaired."""
+    from app.core.documents import Document
+
+    ctx = api.app.state.ctx
+    [vector] = ctx.encoder.encode(["poisoned protein folding"])
+    poisoned = Document("poisoned", "protein folding", "", {"k": SURROGATE, SURROGATE: ["v"]})
+    ctx.indexes.get("sci").upsert([poisoned], vector[None, :])
+    response = api.post("/v1/search", json={"query": "protein folding", "expert": "sci"})
+    assert response.status_code == 200
+    [hit] = [h for h in response.json()["hits"] if h["id"] == "poisoned"]
+    assert hit["metadata"] == {"k": "?", "?": ["v"]}
+    ctx.indexes.get("sci").delete("poisoned")
+
+
+def test_title_only_documents_are_accepted_empty_ones_named(api: TestClient) -> None:
+    documents = [{"id": "t1", "title": "Title only"}, {"id": "t2", "text": "Text only"}]
+    response = api.put("/admin/experts/sci/documents", headers=AUTH, json={"documents": documents})
+    assert response.status_code == 200 and response.json()["inserted"] == 2
+    empty = [{"id": "ok", "title": "fine"}, {"id": "empty", "title": " ", "text": ""}]
+    response = api.put("/admin/experts/sci/documents", headers=AUTH, json={"documents": empty})
+    assert_error(response, 422)
+    assert "documents.1" in response.json()["error"]["message"]
+    assert "title or text" in response.json()["error"]["message"]
+    for doc_id in ("t1", "t2"):
+        api.delete(f"/admin/experts/sci/documents/{doc_id}", headers=AUTH)
+
+
+@pytest.mark.parametrize("k", [True, 2.5, "3"])
+def test_k_must_be_an_integer(api: TestClient, k) -> None:
+    assert_error(api.post("/v1/search", json={"query": "ok", "k": k}), 422)
+
+
+def test_openai_sized_embedding_batches(api: TestClient) -> None:
+    texts = [f"input number {i}" for i in range(1000)]  # langchain's default chunk_size
+    response = api.post("/v1/embeddings", json={"input": texts})
+    assert response.status_code == 200 and len(response.json()["data"]) == 1000

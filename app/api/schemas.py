@@ -4,23 +4,38 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.core.text import not_utf8
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a typo'd option is an error, not ignored
 
+    @model_validator(mode="after")
+    def _utf8_only(self) -> _Strict:
+        """Lone UTF-16 surrogates are valid JSON but not text: refused here (422), at any
+        depth, before anything tokenizes, stores or echoes them."""
+        where = not_utf8(self.model_dump())
+        if where is not None:
+            raise ValueError(f"{where}: not valid UTF-8 text (a lone surrogate?)")
+        return self
+
 
 class SearchOptionsIn(_Strict):
-    k: int = Field(10, description="Hits to return (1..RR_MAX_K, default limit 1000).")
+    k: int = Field(
+        10, ge=1, strict=True, description="Hits to return (1..RR_MAX_K, default limit 1000)."
+    )
     expert: str = Field("auto", description='"auto" (route), "base", or an expert name.')
     index: str | None = Field(None, description="Pin the index searched (default: the expert's).")
-    top_experts: int = Field(1, ge=1, le=8, description="Search the n best routed experts, fused.")
+    top_experts: int = Field(
+        1, ge=1, le=8, strict=True, description="Search the n best routed experts, fused."
+    )
     include_text: bool = True
 
 
 class SearchRequest(SearchOptionsIn):
-    query: str
+    query: str = Field(min_length=1)
 
 
 class BatchSearchRequest(SearchOptionsIn):
@@ -50,7 +65,7 @@ class SearchResponse(BaseModel):
 
 
 class RouteRequest(_Strict):
-    query: str
+    query: str = Field(min_length=1)
 
 
 class EmbeddingsRequest(_Strict):
@@ -99,8 +114,15 @@ class ExpertList(BaseModel):
 class DocumentIn(_Strict):
     id: str = Field(min_length=1, max_length=512)
     title: str = Field("", max_length=10_000)
-    text: str = Field(min_length=1, max_length=1_000_000)
+    text: str = Field("", max_length=1_000_000)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _has_content(self) -> DocumentIn:
+        # Title-only documents are common (BEIR corpora such as CACM): either will do.
+        if not (self.title.strip() or self.text.strip()):
+            raise ValueError("a document needs a non-empty title or text")
+        return self
 
 
 class DocumentsRequest(_Strict):

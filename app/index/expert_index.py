@@ -9,6 +9,7 @@ crash mid-write leaves either the old or the new state readable, never a mix.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -19,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from app.core.documents import Document, Hit
+from app.core.text import not_utf8, repaired
 from app.errors import NotFound
 from app.index.faiss_backend import faiss_module, new_index, search_copy
 
+log = logging.getLogger(__name__)
 DB_FILE = "docs.sqlite"
 INDEX_FILE = "index.faiss"
 SNAPSHOT_META = "index.json"
@@ -220,7 +223,12 @@ class ExpertIndex:
     def _hit(self, row: tuple, score: float, with_text: bool) -> Hit:
         if not with_text:
             return Hit(id=row[1], score=score, index=self.name)
-        return Hit(row[1], score, self.name, row[2], row[3], json.loads(row[4]))
+        fields = (row[2], row[3], json.loads(row[4]))
+        if not_utf8(fields) is not None:
+            # Stored before the API refused such text: answer with it repaired, never fail.
+            log.warning("index %r: document %r holds text that is not UTF-8", self.name, row[1])
+            fields = tuple(repaired(list(fields)))
+        return Hit(row[1], score, self.name, *fields)
 
     def get(self, doc_id: str) -> Document | None:
         with self._lock:

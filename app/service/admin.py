@@ -14,6 +14,7 @@ import numpy as np
 
 from app.core.names import RESERVED, check_name
 from app.core.pilots import centroid_pilots
+from app.core.text import not_utf8
 from app.encoder import BASE
 from app.encoder.base import QueryEncoder
 from app.encoder.documents import document_text
@@ -87,6 +88,8 @@ class AdminService:
             raise InvalidInput(f"{name!r} is reserved")
         if not self.replicated and name in self.registry:
             raise Conflict(f"expert {name!r} already exists")
+        if not_utf8(description) is not None:
+            raise InvalidInput("description: not valid UTF-8 text (a lone surrogate?)")
         await asyncio.to_thread(
             validate_adapter, adapter_config, adapter_model, self.encoder.module_shapes
         )
@@ -104,6 +107,8 @@ class AdminService:
             raise InvalidInput(f"pilot_queries needs 1..{MAX_PILOT_QUERIES} example queries")
         if any(not isinstance(q, str) or not q.strip() for q in queries):
             raise InvalidInput("pilot_queries must be non-empty strings")
+        if (where := not_utf8(list(queries), "pilot_queries")) is not None:
+            raise InvalidInput(f"{where}: not valid UTF-8 text (a lone surrogate?)")
         embedded = await self.embed_documents(list(queries))  # base space, like documents
         # Without relevance labels the paper's per-query expert labelling is impossible:
         # the expert's pilot is the plain centroid of its example queries.
@@ -121,6 +126,12 @@ class AdminService:
             raise InvalidInput("documents must not be empty")
         if len(documents) > MAX_DOCUMENTS_PER_REQUEST:
             raise InvalidInput(f"at most {MAX_DOCUMENTS_PER_REQUEST} documents per request")
+        for i, doc in enumerate(documents):  # the HTTP schema checks these too
+            fields = {"id": doc.id, "title": doc.title, "text": doc.text, "metadata": doc.metadata}
+            if (where := not_utf8(fields, f"documents[{i}]")) is not None:
+                raise InvalidInput(f"{where}: not valid UTF-8 text (a lone surrogate?)")
+            if not (doc.title.strip() or doc.text.strip()):
+                raise InvalidInput(f"documents[{i}]: a document needs a non-empty title or text")
         vectors = await self.embed_documents([document_text(d.title, d.text) for d in documents])
         return await self.sink.submit(DocumentsUpserted(name, list(documents), vectors))
 

@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 from typing import Any
 
+import numpy as np
+
 from app.encoder.base import QueryEncoder
 from app.errors import InvalidAdapter
 from app.experts.registry import ExpertRegistry
@@ -20,6 +22,14 @@ from app.replication.changes import (
 )
 from app.service.batcher import MicroBatcher
 from app.service.embedding_cache import EmbeddingCache
+
+# Unrelated texts an adapter must keep apart (the base model puts them at cosine < 0.3).
+PROBE_TEXTS = (
+    "aeroelastic flutter of a swept wing",
+    "python: sort a dictionary by its values",
+    "does vitamin d prevent bone fractures",
+)
+COLLAPSED = 0.999
 
 
 class ChangeApplier:
@@ -77,10 +87,22 @@ class ChangeApplier:
         try:
             # Load it now: a failure surfaces here, not as base vectors under its name.
             await self.encoder_batcher.call(self.encoder.ensure_resident, [change.name])
+            await self._check_outputs(change.name)
         except InvalidAdapter:
             await self._remove_expert(change.name)
             raise
         return expert
+
+    async def _check_outputs(self, name: str) -> None:
+        """Finite weights can still give unusable vectors (weights scaled by 1e30 overflow
+        to NaN; a collapsed adapter maps every text to one point): refuse those."""
+        texts = list(PROBE_TEXTS)
+        vectors = await self.encoder_batcher.call(self.encoder.encode, texts, [name] * len(texts))
+        if not np.all(np.isfinite(vectors)):
+            raise InvalidAdapter(f"adapter of expert {name!r} gives non-finite embeddings")
+        similarity = vectors @ vectors.T
+        if np.any(similarity[np.triu_indices(len(texts), 1)] > COLLAPSED):
+            raise InvalidAdapter(f"adapter of expert {name!r} maps different texts to one vector")
 
     async def _remove_expert(self, name: str) -> None:
         """Stop routing to it, let in-flight requests finish, then drop adapter and index."""

@@ -17,6 +17,7 @@ from app.core.fusion import RankedHit, fuse_plans
 from app.core.names import AUTO, BASE_EXPERT, check_name
 from app.core.planning import Key, Plan, SearchOptions, encoders_for, search_jobs
 from app.core.router import Router, RoutingDecision
+from app.core.text import not_utf8
 from app.encoder import BASE
 from app.encoder.base import QueryEncoder
 from app.errors import InvalidInput, NotFound
@@ -81,6 +82,8 @@ class RetrievalService:
                 raise InvalidInput("query must not be empty or whitespace")
             if len(text) > self.settings.max_query_chars:
                 raise InvalidInput(f"query longer than {self.settings.max_query_chars} characters")
+            if not_utf8(text) is not None:
+                raise InvalidInput("query is not valid UTF-8 text (a lone surrogate?)")
 
     def check_expert(self, name: str, allow_auto: bool = True) -> str:
         if name == BASE_EXPERT or (allow_auto and name == AUTO):
