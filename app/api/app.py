@@ -19,6 +19,7 @@ from app.service.applier import ChangeApplier
 from app.service.bootstrap import index_expert_corpora
 from app.service.catalog import CatalogService
 from app.service.context import ServiceContext
+from app.service.indexing_progress import IndexingProgress
 from app.service.readiness import ReadinessService
 from app.service.replication import Replication, start_replication
 from app.service.retrieval import RetrievalService
@@ -28,11 +29,13 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def _bootstrap(admin: AdminService, replication: Replication, settings: Settings) -> None:
+async def _bootstrap(
+    admin: AdminService, replication: Replication, settings: Settings, progress: IndexingProgress
+) -> None:
     while not replication.ready:  # decide what is missing only after replaying the log
         await asyncio.sleep(0.2)
     try:
-        await index_expert_corpora(admin, settings.datasets_dir, settings.cache_dir)
+        await index_expert_corpora(admin, settings.datasets_dir, settings.cache_dir, progress)
     except Exception:  # the service still serves what it has
         log.exception("indexing the benchmark corpora failed")
 
@@ -50,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         replication = await start_replication(settings, ctx.registry, applier, ctx.encoder.dim)
         bootstrap: asyncio.Task | None = None
+        progress = IndexingProgress()
         app.state.ctx = ctx  # white-box tests inspect it; routes never do (deps.py)
         app.state.retrieval = RetrievalService(
             settings,
@@ -60,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ctx.search_batcher,
             ctx.cache,
             replication.shared_cache,
+            progress,
         )
         admin = AdminService(
             ctx.registry,
@@ -70,13 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             replication.replicated,
         )
         app.state.admin = admin
-        app.state.catalog = CatalogService(ctx.registry, ctx.indexes, ctx.encoder)
+        app.state.catalog = CatalogService(ctx.registry, ctx.indexes, ctx.encoder, progress)
         app.state.readiness = ReadinessService(
             ctx.registry,
             ctx.indexes,
             ctx.encoder.shortcuts,
             caught_up=lambda: replication.ready,
             indexing=lambda: bootstrap is not None and not bootstrap.done(),
+            progress=progress,
         )
         app.state.stats = StatsService(
             ctx.encoder,
@@ -87,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             replication.follower,
         )
         if settings.index_corpora_on_start:
-            bootstrap = asyncio.create_task(_bootstrap(admin, replication, settings))
+            bootstrap = asyncio.create_task(_bootstrap(admin, replication, settings, progress))
         try:
             yield
         finally:

@@ -58,10 +58,20 @@ class RoutingOut(BaseModel):
     fallback: bool
 
 
+class IndexingOut(BaseModel):
+    indexed: int = Field(description="Documents of the corpus indexed so far.")
+    total: int
+
+
 class SearchResponse(BaseModel):
     hits: list[HitOut]
     routing: RoutingOut
     timing_ms: dict[str, float]
+    indexing: dict[str, IndexingOut] | None = Field(
+        None,
+        description="Present while first-start indexing still fills an index this search "
+        "read: hits from it may be missing. Keyed by index.",
+    )
 
 
 class RouteRequest(_Strict):
@@ -104,6 +114,10 @@ class ExpertOut(BaseModel):
     fallback_threshold: float | None
     documents: int
     resident: bool
+    state: Literal["ready", "indexing"] = Field(
+        "ready", description='"indexing" while first-start indexing fills its index.'
+    )
+    indexing: IndexingOut | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
 

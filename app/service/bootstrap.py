@@ -4,6 +4,13 @@ For every expert whose name is an expert dataset of `RR_DATASETS_DIR/benchmark.j
 whose index is still empty, the corpus is embedded by the base encoder (reusing the
 training cache when present) and upserted through the normal change path. Later starts
 find the persisted indexes and skip all of it.
+
+The gateway serves meanwhile, and each corpus becomes searchable as it is indexed: in
+chunks, smallest corpora first. Smallest first (not interleaved) because a domain is worth
+searching once its index is whole: interleaving would leave every domain half-filled for the
+whole hour, while smallest-first makes the small domains complete within a minute or two and
+the large ones fill one after the other. `IndexingProgress` tells searches, `/v1/experts` and
+`/readyz` how far each one is.
 """
 
 from __future__ import annotations
@@ -16,56 +23,89 @@ import numpy as np
 from app.index import Document
 from app.replication.changes import DocumentsUpserted
 from app.service.admin import AdminService
+from app.service.indexing_progress import IndexingProgress
 
 log = logging.getLogger(__name__)
-UPSERT_CHUNK = 2048
+# Documents embedded and upserted at a time: each chunk is searchable as soon as it lands.
+CHUNK = 256
 
 
-def corpora_to_index(admin: AdminService, datasets: Path | None) -> list[tuple[str, Path]]:
-    from app.data.beir import load_benchmark
+def corpora_to_index(
+    admin: AdminService, datasets: Path | None
+) -> list[tuple[str, Path, list[dict[str, str]]]]:
+    """(expert, dataset dir, corpus documents its index lacks) for each benchmark expert whose
+    index is short of its corpus: empty on a first start, part-filled after a crash."""
+    from app.data.beir import load_benchmark, load_corpus
 
     if datasets is None or not (Path(datasets) / "benchmark.json").is_file():
         return []
     todo = []
     for dataset in load_benchmark(Path(datasets) / "benchmark.json").experts:
         name = dataset.name
-        empty = name not in admin.indexes or len(admin.indexes.get(name)) == 0
-        if name in admin.registry and empty and (dataset.directory / "corpus.jsonl").is_file():
-            todo.append((name, dataset.directory))
+        if name not in admin.registry or not (dataset.directory / "corpus.jsonl").is_file():
+            continue
+        corpus = load_corpus(dataset.directory)
+        index = admin.indexes.get(name) if name in admin.indexes else None
+        if index is not None and len(index) >= len(corpus):
+            continue
+        missing = [d for d in corpus if index is None or index.get(d["_id"]) is None]
+        if missing:
+            todo.append((name, dataset.directory, missing))
     return todo
 
 
-async def index_expert_corpora(admin: AdminService, datasets: Path | None, cache_dir: Path) -> int:
-    """Embeds and upserts the corpora `corpora_to_index` names, reusing document embeddings
-    cached under `cache_dir` (RR_CACHE_DIR). Returns how many documents were indexed."""
+async def index_expert_corpora(
+    admin: AdminService,
+    datasets: Path | None,
+    cache_dir: Path,
+    progress: IndexingProgress | None = None,
+) -> int:
+    """Embeds and upserts the corpora `corpora_to_index` names, smallest first, in chunks,
+    reusing document embeddings cached under `cache_dir` (RR_CACHE_DIR). Returns how many
+    documents were indexed."""
     from tqdm import tqdm
 
-    from app.data.beir import load_corpus
-    from app.data.doc_embeddings import corpus_key
     from app.encoder.documents import document_text
 
-    todo = corpora_to_index(admin, datasets)
-    if not todo:
-        return 0
-    cache_dir = cache_dir / "embeddings"
-    corpora = {name: load_corpus(directory) for name, directory in todo}
-    total = sum(len(c) for c in corpora.values())
+    progress = progress if progress is not None else IndexingProgress()
+    todo = sorted(corpora_to_index(admin, datasets), key=lambda item: len(item[2]))
+    for name, _, documents in todo:
+        progress.plan(name, len(documents))
     indexed = 0
-    with tqdm(total=total, unit="doc", desc="embedding expert corpora") as bar:
-        for name, directory in todo:
-            corpus = corpora[name]
-            cached = cache_dir / f"{corpus_key(directory, admin.encoder.max_seq_length)}.npy"
-            vectors = np.load(cached) if cached.is_file() else None
-            if vectors is None or len(vectors) != len(corpus):
-                texts = [document_text(d["title"], d["text"]) for d in corpus]
-                vectors = await admin.embed_documents(texts, progress=bar.update)
-            else:
-                bar.update(len(corpus))
-            for start in range(0, len(corpus), UPSERT_CHUNK):
-                part = corpus[start : start + UPSERT_CHUNK]
-                docs = [Document(d["_id"], d["text"], d["title"]) for d in part]
-                change = DocumentsUpserted(name, docs, vectors[start : start + len(part)])
-                await admin.sink.submit(change)
-                indexed += len(part)
-            log.info("indexed %d documents for expert %r", len(corpus), name)
+    try:
+        total = sum(len(documents) for _, _, documents in todo)
+        with tqdm(total=total, unit="doc", desc="indexing") as bar:
+            for name, directory, documents in todo:
+                cached = _cached_embeddings(admin, directory, cache_dir)
+                for start in range(0, len(documents), CHUNK):
+                    part = documents[start : start + CHUNK]
+                    if cached is not None:
+                        vectors = np.stack([cached[d["_id"]] for d in part])
+                    else:
+                        texts = [document_text(d["title"], d["text"]) for d in part]
+                        vectors = await admin.embed_documents(texts)
+                    docs = [Document(d["_id"], d["text"], d["title"]) for d in part]
+                    await admin.sink.submit(DocumentsUpserted(name, docs, vectors))
+                    progress.advance(name, len(part))
+                    bar.update(len(part))
+                    indexed += len(part)
+                progress.finish(name)
+                log.info("indexed %d documents for expert %r", len(documents), name)
+    finally:
+        progress.clear()  # done, failed or cancelled: nothing is "filling" any more
     return indexed
+
+
+def _cached_embeddings(
+    admin: AdminService, directory: Path, cache_dir: Path
+) -> dict[str, np.ndarray] | None:
+    """Document id -> base embedding from the training cache, when it matches the corpus."""
+    from app.data.beir import load_corpus
+    from app.data.doc_embeddings import corpus_key
+
+    path = cache_dir / "embeddings" / f"{corpus_key(directory, admin.encoder.max_seq_length)}.npy"
+    if not path.is_file():
+        return None
+    vectors = np.load(path)
+    ids = [d["_id"] for d in load_corpus(directory)]
+    return dict(zip(ids, vectors, strict=True)) if len(vectors) == len(ids) else None

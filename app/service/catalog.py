@@ -9,6 +9,7 @@ from app.errors import NotFound
 from app.experts.artifacts import ExpertSpec
 from app.experts.registry import ExpertRegistry
 from app.index import IndexStore
+from app.service.indexing_progress import IndexingProgress, Progress
 
 
 @dataclass(frozen=True)
@@ -16,18 +17,28 @@ class ExpertInfo:
     spec: ExpertSpec
     documents: int  # in its index now
     resident: bool  # its adapter is loaded on some model worker
+    indexing: Progress | None = None  # first-start indexing still filling its index
 
 
 class CatalogService:
-    def __init__(self, registry: ExpertRegistry, indexes: IndexStore, encoder: QueryEncoder):
+    def __init__(
+        self,
+        registry: ExpertRegistry,
+        indexes: IndexStore,
+        encoder: QueryEncoder,
+        progress: IndexingProgress | None = None,
+    ) -> None:
         self.registry = registry
         self.indexes = indexes
         self.encoder = encoder
+        self.progress = progress if progress is not None else IndexingProgress()
 
     def get(self, name: str) -> ExpertInfo:
         spec = self.registry.get(name).spec  # NotFound if unknown
         documents = len(self.indexes.get(name)) if name in self.indexes else 0
-        return ExpertInfo(spec, documents, self.encoder.is_resident(name))
+        return ExpertInfo(
+            spec, documents, self.encoder.is_resident(name), self.progress.filling(name)
+        )
 
     def list(self) -> list[ExpertInfo]:
         found = []

@@ -13,6 +13,7 @@ from typing import Any
 from app.errors import NotFound
 from app.experts.registry import ExpertRegistry
 from app.index import IndexStore
+from app.service.indexing_progress import IndexingProgress
 from app.shortcuts import Shortcuts
 
 
@@ -30,28 +31,37 @@ class ReadinessService:
         shortcuts: Shortcuts,
         caught_up: Callable[[], bool],  # the Redis change log replayed (always, without Redis)
         indexing: Callable[[], bool],  # first-start corpus indexing still running
+        progress: IndexingProgress | None = None,
     ) -> None:
         self.registry = registry
         self.indexes = indexes
         self.shortcuts = shortcuts
         self.caught_up = caught_up
         self.indexing = indexing
+        self.progress = progress if progress is not None else IndexingProgress()
 
     def check(self) -> Readiness:
+        """200 `ready`: fully indexed. 200 `serving`: first-start indexing is still filling
+        some indexes, and searches say so per hit list; send traffic. 503: not yet."""
         unreadable = [n for n in self.indexes.names() if not self._readable(n)]
         missing = [n for n in self.registry.names() if n not in self.indexes]
-        caught_up, indexing = self.caught_up(), self.indexing()
+        caught_up = self.caught_up()
         degraded = self.shortcuts.degraded  # shortcuts off: the exact path serves, still ready
-        if unreadable or missing or not caught_up or indexing:
-            status = "indexing" if indexing else "degraded" if caught_up else "catching_up"
+        if unreadable or missing or not caught_up:
             body: dict[str, Any] = {
-                "status": status,
+                "status": "degraded" if caught_up else "catching_up",
                 "unreadable": unreadable,
                 "missing": missing,
                 "degraded": degraded,
             }
             return Readiness(False, body)
         body = {"status": "ready", "experts": len(self.registry.names()), "degraded": degraded}
+        if self.indexing():
+            body["status"] = "serving"
+            body["indexing"] = {
+                name: {"indexed": p.indexed, "total": p.total}
+                for name, p in self.progress.snapshot().items()
+            }
         return Readiness(True, body)
 
     def _readable(self, name: str) -> bool:

@@ -27,6 +27,7 @@ from app.replication.shared_cache import SharedEmbeddingCache
 from app.service.batched_work import EncodeJob, SearchJob
 from app.service.batcher import MicroBatcher
 from app.service.embedding_cache import EmbeddingCache
+from app.service.indexing_progress import IndexingProgress, Progress
 from app.settings import Settings
 from app.shortcuts import EMBEDDING_CACHE, IDENTITY_EXPERT_SKIP, SHARED_EMBEDDING_CACHE
 
@@ -36,6 +37,8 @@ class SearchResult:
     hits: list[RankedHit]
     routing: RoutingDecision
     timing_ms: dict[str, float] = field(default_factory=dict)
+    # Indexes this query searched that are still being filled (first start), and how far.
+    indexing: dict[str, Progress] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class RetrievalService:
         search_batcher: MicroBatcher,
         cache: EmbeddingCache,
         shared_cache: SharedEmbeddingCache | None = None,
+        progress: IndexingProgress | None = None,
     ) -> None:
         self.settings = settings
         self.encoder = encoder
@@ -68,6 +72,7 @@ class RetrievalService:
         self.search_batcher = search_batcher
         self.cache = cache
         self.shared_cache = shared_cache
+        self.progress = progress if progress is not None else IndexingProgress()
         self.shortcuts = encoder.shortcuts
 
     # -- validation ----------------------------------------------------------------------
@@ -260,10 +265,22 @@ class RetrievalService:
             "search": search_ms,
             "total": _ms(started),
         }
+        filling = self._filling(plans, options)
         return [
-            SearchResult(hits, decision, timing)
-            for hits, decision in zip(ranked, decisions, strict=True)
+            SearchResult(hits, decision, timing, filling[qi])
+            for qi, (hits, decision) in enumerate(zip(ranked, decisions, strict=True))
         ]
+
+    def _filling(self, plans: list[Plan], options: SearchOptions) -> list[dict[str, Progress]]:
+        """Per query: the indexes it searched that first-start indexing is still filling."""
+        filling: list[dict[str, Progress]] = [{} for _ in plans]
+        if not self.progress.snapshot():
+            return filling
+        for name, keys in search_jobs(plans, options, self.indexes.names()).items():
+            if (state := self.progress.filling(name)) is not None:
+                for qi, _ in keys:
+                    filling[qi][name] = state
+        return filling
 
     async def _plan_vectors(
         self, queries: Sequence[str], plans: list[Plan], base: np.ndarray | None

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app.api.deps import CatalogDep
 from app.api.errors import ERROR_RESPONSES
-from app.api.schemas import ExpertList, ExpertOut
+from app.api.schemas import ExpertList, ExpertOut, IndexingOut
 from app.core.names import check_name
 from app.service.catalog import ExpertInfo
 
@@ -25,6 +25,10 @@ def describe(info: ExpertInfo) -> ExpertOut:
         fallback_threshold=spec.fallback_threshold,
         documents=info.documents,
         resident=info.resident,
+        state="ready" if info.indexing is None else "indexing",
+        indexing=None
+        if info.indexing is None
+        else IndexingOut(indexed=info.indexing.indexed, total=info.indexing.total),
         extra=spec.extra,
     )
 

@@ -16,6 +16,7 @@ from app.api.schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     HitOut,
+    IndexingOut,
     RouteRequest,
     RoutingOut,
     SearchOptionsIn,
@@ -57,7 +58,15 @@ def _response(result: SearchResult, include_text: bool) -> SearchResponse:
         )
         for r in result.hits
     ]
-    return SearchResponse(hits=hits, routing=_routing(result.routing), timing_ms=result.timing_ms)
+    indexing = {
+        name: IndexingOut(indexed=p.indexed, total=p.total) for name, p in result.indexing.items()
+    }
+    return SearchResponse(
+        hits=hits,
+        routing=_routing(result.routing),
+        timing_ms=result.timing_ms,
+        indexing=indexing or None,
+    )
 
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
