@@ -143,3 +143,17 @@ print(heavy)
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_docs_work_offline(fake_client: TestClient) -> None:
+    """/docs and /redoc load their JavaScript and CSS from this server, never a CDN."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = fake_client.get(page)
+        assert html.status_code == 200
+        assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text)
+        assert assets and all(a.startswith("/") for a in assets), assets
+        for asset in assets:
+            assert fake_client.get(asset).status_code == 200, asset
+    assert "/openapi.json" in fake_client.get("/docs").text

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.api.errors import install_error_handlers
@@ -102,7 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await replication.stop()
             ctx.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the fastapi-offline wheel, not a CDN: machines without
+    # internet get working /docs and /redoc too.
+    app = FastAPIOffline(
         title="RouterRetriever gateway",
         version=__version__,
         description="Routes each query to a LoRA domain expert, embeds it, searches its index.",

@@ -69,6 +69,8 @@ async def index_expert_corpora(
 
     progress = progress if progress is not None else IndexingProgress()
     todo = sorted(corpora_to_index(admin, datasets), key=lambda item: len(item[2]))
+    if not todo:
+        return 0
     for name, _, documents in todo:
         progress.plan(name, len(documents))
     indexed = 0
