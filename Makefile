@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export RR_DATASETS_DIR ?= ../shared/datasets
 
-.PHONY: install lock test-latest redis run test test-fast lint experts eval bench bench-latency \
+.PHONY: install lock test-latest redis browser run test test-fast lint experts eval bench bench-latency \
 	bench-propagation clean
 
 # Installs come from the lock (requirements/*.lock, made by `make lock`): every package pinned
@@ -41,10 +41,16 @@ redis:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
 
+# The playground tests drive Debian's Chromium (Playwright's own browser download fails here).
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
 run: install
 	$(RR) serve --host $(HOST) --port $(PORT)
 
-test: install redis
+test: install redis browser
 	$(PY) -m pytest -q
 
 # Refresh the lock after changing a dependency in pyproject.toml (pins still allowed are kept),
@@ -61,7 +67,7 @@ lock: install
 
 # The suite on the newest versions pyproject.toml allows, in a throwaway venv: drift shows
 # here before a user meets it. Prints what differs from the lock first.
-test-latest: install redis
+test-latest: install redis browser
 	rm -rf $(LATEST_VENV)
 	$(UV) venv -q -p python3 $(LATEST_VENV)
 	$(UV) pip compile -q pyproject.toml --extra train --extra dev $(UV_TORCH) \

@@ -157,3 +157,11 @@ def test_docs_work_offline(fake_client: TestClient) -> None:
         for asset in assets:
             assert fake_client.get(asset).status_code == 200, asset
     assert "/openapi.json" in fake_client.get("/docs").text
+
+
+def test_playground_is_served_from_the_package(fake_client: TestClient) -> None:
+    page = fake_client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for asset in ("/playground/app.js", "/playground/style.css"):
+        assert asset in page.text and fake_client.get(asset).status_code == 200
+    assert "http" not in page.text.split("<body>")[1]  # nothing from another host

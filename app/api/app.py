@@ -14,6 +14,7 @@ from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.metrics import Metrics, RequestMetrics
 from app.api.middleware import BodySizeLimit, RequestId
+from app.api.playground import install_playground
 from app.api.routes import admin, experts, health, search
 from app.service.admin import AdminService
 from app.service.applier import ChangeApplier
@@ -121,4 +122,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestId)
     for module in (search, experts, admin, health):
         app.include_router(module.router)
+    install_playground(app)
     return app

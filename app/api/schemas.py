@@ -56,6 +56,9 @@ class RoutingOut(BaseModel):
     expert: str
     scores: dict[str, float]
     fallback: bool
+    threshold: float | None = Field(
+        None, description="The best expert's fallback threshold: below it, the base encoder."
+    )
 
 
 class IndexingOut(BaseModel):

@@ -24,6 +24,7 @@ class RoutingDecision:
     expert: str  # the chosen expert, or "base" on fallback
     scores: dict[str, float]  # every expert's aggregated score, best first
     fallback: bool
+    threshold: float | None = None  # the best expert's fallback threshold (below: fallback)
 
     def top(self, n: int) -> list[str]:
         """The n best experts (fallback decisions have none)."""
@@ -76,9 +77,10 @@ class Router:
                 decisions.append(RoutingDecision(BASE_EXPERT, {}, True))
                 continue
             best = int(order[0])
-            fallback = bool(row[best] < self.thresholds[best])
+            limit = float(self.thresholds[best])
+            fallback = bool(row[best] < limit)
             expert = BASE_EXPERT if fallback else self.names[best]
-            decisions.append(RoutingDecision(expert, ranked, fallback))
+            decisions.append(RoutingDecision(expert, ranked, fallback, round(limit, 6)))
         return decisions
 
 

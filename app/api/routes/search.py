@@ -42,7 +42,12 @@ def _options(body: SearchOptionsIn) -> SearchOptions:
 
 
 def _routing(decision: RoutingDecision) -> RoutingOut:
-    return RoutingOut(expert=decision.expert, scores=decision.scores, fallback=decision.fallback)
+    return RoutingOut(
+        expert=decision.expert,
+        scores=decision.scores,
+        fallback=decision.fallback,
+        threshold=decision.threshold,
+    )
 
 
 def _response(result: SearchResult, include_text: bool) -> SearchResponse:
