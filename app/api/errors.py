@@ -64,6 +64,7 @@ def error_response(
 ERROR_RESPONSES: dict[int | str, dict] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
+        400: "request body that cannot be read (not UTF-8, or not the declared form)",
         401: "missing or wrong admin token",
         404: "unknown expert, index or document",
         409: "expert already exists",

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi import Path as PathParam
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from app.core.text import not_utf8
+from app.core.names import NAME_PATTERN
+from app.core.text import NOT_BLANK, blank, not_utf8
+from app.settings import Settings
+
+# What the schema states is what the service enforces; limits that are settings show their
+# defaults (RR_MAX_QUERY_CHARS, RR_MAX_BATCH_QUERIES), the service checks the configured ones.
+_DEFAULTS = Settings.model_fields
+MAX_QUERY_CHARS = _DEFAULTS["max_query_chars"].default
+MAX_BATCH = _DEFAULTS["max_batch_queries"].default
+MAX_K = _DEFAULTS["max_k"].default
+EXPERT_OR_MODE = r"^(auto|base|[a-z0-9][a-z0-9_-]{0,63})$"
+# JSON integers only (1.0 is one, true and "1" are not): strict ints, integral floats allowed.
+Integer = Annotated[
+    int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)
+]
+ExpertName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="Expert name.")]
+QueryText = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a typo'd option is an error, not ignored
+    # A typo'd option is an error, not ignored; JSON types as declared (`k: true` is no int).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="after")
     def _utf8_only(self) -> _Strict:
@@ -23,23 +41,27 @@ class _Strict(BaseModel):
 
 
 class SearchOptionsIn(_Strict):
-    k: int = Field(
-        10, ge=1, strict=True, description="Hits to return (1..RR_MAX_K, default limit 1000)."
+    k: Integer = Field(
+        10, ge=1, le=MAX_K, description="Hits to return (1..RR_MAX_K, default limit 1000)."
     )
-    expert: str = Field("auto", description='"auto" (route), "base", or an expert name.')
-    index: str | None = Field(None, description="Pin the index searched (default: the expert's).")
-    top_experts: int = Field(
-        1, ge=1, le=8, strict=True, description="Search the n best routed experts, fused."
+    expert: str = Field(
+        "auto", pattern=EXPERT_OR_MODE, description='"auto" (route), "base", or an expert name.'
+    )
+    index: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Pin the index searched (default: the expert's)."
+    )
+    top_experts: Integer = Field(
+        1, ge=1, le=8, description="Search the n best routed experts, fused."
     )
     include_text: bool = True
 
 
 class SearchRequest(SearchOptionsIn):
-    query: str = Field(min_length=1)
+    query: QueryText
 
 
 class BatchSearchRequest(SearchOptionsIn):
-    queries: list[str] = Field(min_length=1)
+    queries: list[QueryText] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class HitOut(BaseModel):
@@ -78,12 +100,16 @@ class SearchResponse(BaseModel):
 
 
 class RouteRequest(_Strict):
-    query: str = Field(min_length=1)
+    query: QueryText
 
 
 class EmbeddingsRequest(_Strict):
-    input: str | list[str]
-    model: str = Field("auto", description='"auto" (route each input), "base", or an expert.')
+    input: QueryText | Annotated[list[QueryText], Field(min_length=1, max_length=MAX_BATCH)]
+    model: str = Field(
+        "auto",
+        pattern=EXPERT_OR_MODE,
+        description='"auto" (route each input), "base", or an expert.',
+    )
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None  # accepted for OpenAI compatibility; unused
 
@@ -129,6 +155,16 @@ class ExpertList(BaseModel):
 
 
 class DocumentIn(_Strict):
+    # The schema says what _has_content enforces: a non-blank title or text.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["title"], "properties": {"title": {"pattern": NOT_BLANK}}},
+                {"required": ["text"], "properties": {"text": {"pattern": NOT_BLANK}}},
+            ]
+        }
+    )
+
     id: str = Field(min_length=1, max_length=512)
     title: str = Field("", max_length=10_000)
     text: str = Field("", max_length=1_000_000)
@@ -137,7 +173,7 @@ class DocumentIn(_Strict):
     @model_validator(mode="after")
     def _has_content(self) -> DocumentIn:
         # Title-only documents are common (BEIR corpora such as CACM): either will do.
-        if not (self.title.strip() or self.text.strip()):
+        if blank(self.title) and blank(self.text):
             raise ValueError("a document needs a non-empty title or text")
         return self
 

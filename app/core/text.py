@@ -8,7 +8,19 @@ the way out (`repaired`).
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# Text with something to search: a character outside Python's whitespace (str.isspace). The
+# class is spelled out so the same pattern means the same in the OpenAPI schema (ECMA regex,
+# whose \s differs) and in the service.
+NOT_BLANK = "[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_NOT_BLANK = re.compile(NOT_BLANK)
+
+
+def blank(text: str) -> bool:
+    """Empty or whitespace only (the same test as the schema's NOT_BLANK pattern)."""
+    return _NOT_BLANK.search(text) is None
 
 
 def _encodable(text: str) -> bool:

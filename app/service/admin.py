@@ -14,7 +14,7 @@ import numpy as np
 
 from app.core.names import RESERVED, check_name
 from app.core.pilots import centroid_pilots
-from app.core.text import not_utf8
+from app.core.text import blank, not_utf8
 from app.encoder import BASE
 from app.encoder.base import QueryEncoder
 from app.encoder.documents import document_text
@@ -130,7 +130,7 @@ class AdminService:
             fields = {"id": doc.id, "title": doc.title, "text": doc.text, "metadata": doc.metadata}
             if (where := not_utf8(fields, f"documents[{i}]")) is not None:
                 raise InvalidInput(f"{where}: not valid UTF-8 text (a lone surrogate?)")
-            if not (doc.title.strip() or doc.text.strip()):
+            if blank(doc.title) and blank(doc.text):
                 raise InvalidInput(f"documents[{i}]: a document needs a non-empty title or text")
         vectors = await self.embed_documents([document_text(d.title, d.text) for d in documents])
         return await self.sink.submit(DocumentsUpserted(name, list(documents), vectors))

@@ -17,7 +17,7 @@ from app.core.fusion import RankedHit, fuse_plans
 from app.core.names import AUTO, BASE_EXPERT, check_name
 from app.core.planning import Key, Plan, SearchOptions, encoders_for, search_jobs
 from app.core.router import Router, RoutingDecision
-from app.core.text import not_utf8
+from app.core.text import blank, not_utf8
 from app.encoder import BASE
 from app.encoder.base import QueryEncoder
 from app.errors import InvalidInput, NotFound
@@ -83,7 +83,7 @@ class RetrievalService:
         if len(queries) > self.settings.max_batch_queries:
             raise InvalidInput(f"at most {self.settings.max_batch_queries} queries per request")
         for text in queries:
-            if not text.strip():
+            if blank(text):
                 raise InvalidInput("query must not be empty or whitespace")
             if len(text) > self.settings.max_query_chars:
                 raise InvalidInput(f"query longer than {self.settings.max_query_chars} characters")

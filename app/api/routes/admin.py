@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from app.api.deps import AdminDep, CatalogDep, require_admin
 from app.api.errors import ERROR_RESPONSES
 from app.api.routes.experts import describe
-from app.api.schemas import DocumentsRequest, DocumentsResponse, ExpertOut
+from app.api.schemas import DocumentsRequest, DocumentsResponse, ExpertName, ExpertOut
+from app.core.names import NAME_PATTERN
 from app.errors import InvalidAdapter, InvalidInput
 from app.index import Document
 
@@ -38,7 +39,7 @@ def _pilot_queries(raw: str | None) -> list[str] | None:
 async def register_expert(
     admin: AdminDep,
     catalog: CatalogDep,
-    name: Annotated[str, Form(description="Expert name: [a-z0-9][a-z0-9_-]{0,63}")],
+    name: Annotated[str, Form(pattern=NAME_PATTERN, description="Expert name.")],
     adapter_config: Annotated[UploadFile, File(description="peft adapter_config.json")],
     adapter_model: Annotated[UploadFile, File(description="adapter_model.safetensors")],
     description: Annotated[str, Form()] = "",
@@ -60,14 +61,16 @@ async def register_expert(
 
 
 @router.delete("/experts/{name}", status_code=204)
-async def delete_expert(name: str, admin: AdminDep) -> Response:
+async def delete_expert(name: ExpertName, admin: AdminDep) -> Response:
     """Remove an expert, its adapter and its index; requests already running finish first."""
     await admin.delete_expert(name)
     return Response(status_code=204)
 
 
 @router.put("/experts/{name}/documents", response_model=DocumentsResponse)
-async def upsert_documents(name: str, body: DocumentsRequest, admin: AdminDep) -> DocumentsResponse:
+async def upsert_documents(
+    name: ExpertName, body: DocumentsRequest, admin: AdminDep
+) -> DocumentsResponse:
     """Insert or replace documents (by id) in an expert's index; embedded by the base model."""
     documents = [Document(d.id, d.text, d.title, d.metadata) for d in body.documents]
     inserted, updated = await admin.upsert_documents(name, documents)
@@ -75,7 +78,7 @@ async def upsert_documents(name: str, body: DocumentsRequest, admin: AdminDep) -
 
 
 @router.delete("/experts/{name}/documents/{doc_id}", status_code=204)
-async def delete_document(name: str, doc_id: str, admin: AdminDep) -> Response:
+async def delete_document(name: ExpertName, doc_id: str, admin: AdminDep) -> Response:
     """Delete one document from an expert's index."""
     await admin.delete_document(name, doc_id)
     return Response(status_code=204)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app.api.deps import CatalogDep
 from app.api.errors import ERROR_RESPONSES
-from app.api.schemas import ExpertList, ExpertOut, IndexingOut
+from app.api.schemas import ExpertList, ExpertName, ExpertOut, IndexingOut
 from app.core.names import check_name
 from app.service.catalog import ExpertInfo
 
@@ -40,6 +40,6 @@ async def list_experts(catalog: CatalogDep) -> ExpertList:
 
 
 @router.get("/{name}", response_model=ExpertOut)
-async def get_expert(name: str, catalog: CatalogDep) -> ExpertOut:
+async def get_expert(name: ExpertName, catalog: CatalogDep) -> ExpertOut:
     """One expert's metadata, pilot count, index size and residency."""
     return describe(catalog.get(check_name(name)))
