@@ -34,6 +34,20 @@ class _MasksBeforeRename:  # transformers 5.x before the rename
         return ("5.0", attention_mask, past_key_values), None
 
 
+class _Masks50:  # transformers 5.0.0: cache_position as well, both required
+    def _create_attention_masks(
+        self,
+        attention_mask,
+        encoder_attention_mask,
+        embedding_output,
+        encoder_hidden_states,
+        cache_position,
+        past_key_values,
+    ):
+        assert cache_position is None
+        return ("5.0.0", attention_mask, past_key_values), None
+
+
 class _MasksUnknown:  # a future signature the shim does not know
     def _create_attention_masks(self, attention_mask, embedding_output, kv_store):
         return "?", None
@@ -46,7 +60,7 @@ class _LegacyMasks:  # transformers 4.x: no builder, the public extended-mask he
 
 @pytest.mark.parametrize(
     ("bert", "expected"),
-    [(_MasksAfterRename(), "5.x"), (_MasksBeforeRename(), "5.0")],
+    [(_MasksAfterRename(), "5.x"), (_MasksBeforeRename(), "5.0"), (_Masks50(), "5.0.0")],
 )
 def test_mask_builder_gets_its_cache_argument_under_either_name(bert, expected) -> None:
     mask = np.ones((2, 3))

@@ -2,13 +2,14 @@
 
 Hidden-state reuse runs a BERT encoder's top layers by hand, which no public API offers: it
 needs the model's own attention-mask builder and peft's per-row adapter hooks. Both are
-private and have changed between releases (transformers 5.x renamed `_create_attention_masks`'s
-`past_key_values` argument to `cache`; 4.x has no such method at all), so every call goes
-through here, adapts to the installed version, and raises `PrivateApiUnavailable` when it
-cannot. Callers treat that as "shortcut unavailable" and take the exact path.
+private and have changed between releases (transformers 5.0's `_create_attention_masks` takes
+`cache_position` and `past_key_values`, later 5.x a single `cache`; 4.x has no such method at
+all), so every call goes through here, adapts to the installed version, and raises
+`PrivateApiUnavailable` when it cannot. Callers treat that as "shortcut unavailable" and
+take the exact path.
 
-Supported (tested in tests/test_hf_private.py, bounded in pyproject.toml):
-transformers 4.56 - 5.x, peft 0.17 - 0.21.
+Supported (tested in tests/test_hf_private.py, bounded in pyproject.toml): transformers
+4.57 - 5.x (run on 4.57.6, 5.0.0 and 5.24.0), peft 0.17 - 0.21 (run on 0.17.1 and 0.21.2).
 """
 
 from __future__ import annotations
@@ -41,13 +42,28 @@ def adapter_rows(peft_model: Any, adapter_names: Sequence[str]) -> Iterator[None
         hooks.__exit__(None, None, None)
 
 
+# The arguments `_create_attention_masks` takes besides the mask and embeddings: decoder
+# caching, which an encoder pass never uses. 5.0 takes `cache_position` and `past_key_values`;
+# later 5.x renamed the latter `cache` and dropped the former.
+_KNOWN = {"attention_mask", "encoder_attention_mask", "embedding_output", "encoder_hidden_states"}
+_CACHE_ARGUMENTS = {"cache", "past_key_values", "cache_position"}
+
+
 def _mask_builder_arguments(method: Any) -> dict[str, Any]:
-    """The cache argument of `_create_attention_masks`, under whichever name it has."""
+    """None for each cache argument of `_create_attention_masks`, under the names it has."""
     parameters = inspect.signature(method).parameters
-    for name in ("cache", "past_key_values"):  # 5.x after the rename, 5.x before it
-        if name in parameters:
-            return {name: None}
-    raise PrivateApiUnavailable(f"unknown signature of _create_attention_masks: {list(parameters)}")
+    unknown = [
+        name
+        for name, parameter in parameters.items()
+        if name not in _KNOWN | _CACHE_ARGUMENTS
+        and parameter.default is inspect.Parameter.empty
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    ]
+    if unknown or not set(parameters) >= _KNOWN:
+        raise PrivateApiUnavailable(
+            f"unknown signature of _create_attention_masks: {list(parameters)}"
+        )
+    return {name: None for name in parameters if name in _CACHE_ARGUMENTS}
 
 
 def encoder_attention_mask(bert: Any, mask: Any, hidden: Any) -> Any:
