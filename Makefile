@@ -8,7 +8,7 @@ PORT ?= 8000
 export RR_DATASETS_DIR ?= ../shared/datasets
 
 .PHONY: install lock test-latest redis browser run test test-fast lint experts eval bench bench-latency \
-	bench-propagation clean
+	bench-propagation bench-first-search clean
 
 # Installs come from the lock (requirements/*.lock, made by `make lock`): every package pinned
 # with its hashes, so a fresh clone gets what CI tested. torch is not in the lock: it is the CPU
@@ -103,6 +103,10 @@ eval: install
 # Serving benchmark (issue-4 table, reports/bench.md + reports/bench.png); run on a quiet machine.
 bench: install redis
 	$(PY) -m bench.serving
+
+# The first minutes of `make run` on a new machine: seconds until each small domain answers.
+bench-first-search: install
+	$(PY) -m bench.first_search
 
 bench-latency: install
 	$(PY) -m bench.search_latency

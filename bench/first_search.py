@@ -1,0 +1,88 @@
+"""The first minutes of `make run` on a fresh machine: when does each domain answer?
+
+Starts a gateway with the shipped experts, empty indexes and an empty embedding cache (so
+every corpus is embedded, as on a new machine), then asks each expert domain's first test
+query (routed, as a user would) once a second, and prints the seconds from the process start
+until a hit comes from that domain's own index (routed there, or found by a fallback search
+over every index). Bounded: stops when the smallest domains answered or after --limit s.
+
+    python -m bench.first_search [--domains 3] [--limit 300]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import typer
+
+# ruff: noqa: B008  (typer declares options as argument defaults)
+from app.data.beir import load_benchmark, load_corpus, load_qrels, load_queries
+from bench.cluster import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(
+    domains: int = typer.Option(3, help="Stop once this many of the smallest domains answer."),
+    limit: float = typer.Option(300.0, help="Give up after this many seconds."),
+    datasets: Path = typer.Option(None, help="Benchmark data (default: RR_DATASETS_DIR)."),
+) -> None:
+    datasets = datasets or Path(os.environ.get("RR_DATASETS_DIR", "../shared/datasets"))
+    sets = load_benchmark(datasets / "benchmark.json").experts
+    sizes = {s.name: len(load_corpus(s.directory)) for s in sets}
+    queries = {}
+    for entry in sets:
+        texts = load_queries(entry.directory)
+        queries[entry.name] = texts[next(iter(load_qrels(entry.test_qrels)))]
+    wanted = sorted(sizes, key=sizes.get)[:domains]
+    work = Path(tempfile.mkdtemp(prefix="rr-first-"))
+    shutil.copytree(ROOT / "experts", work / "experts")
+    port = free_port()
+    env = os.environ | {
+        "RR_EXPERTS_DIR": str(work / "experts"),
+        "RR_INDEXES_DIR": str(work / "indexes"),
+        "RR_CACHE_DIR": str(work / "cache"),  # empty: every corpus is embedded
+        "RR_DATASETS_DIR": str(datasets),
+    }
+    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+    started = time.monotonic()
+    process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    answered: dict[str, float] = {}
+    serving = None
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while time.monotonic() - started < limit and not set(wanted) <= set(answered):
+                time.sleep(1)
+                try:
+                    if serving is None and client.get("/healthz").status_code == 200:
+                        serving = time.monotonic() - started
+                    for name in wanted:
+                        if name in answered:
+                            continue
+                        body = client.post("/v1/search", json={"query": queries[name]}).json()
+                        if any(hit["index"] == name for hit in body.get("hits", [])):
+                            answered[name] = time.monotonic() - started
+                except httpx.TransportError:
+                    continue
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"serving (GET /healthz 200) after {serving or float('nan'):.1f} s")
+    print("| domain | documents | first routed search with hits from its index, s after start |")
+    print("|---|---:|---:|")
+    for name in wanted:
+        seconds = f"{answered[name]:.1f}" if name in answered else f"none within {limit:.0f}"
+        print(f"| {name} | {sizes[name]} | {seconds} |")
+
+
+if __name__ == "__main__":
+    typer.run(main)
