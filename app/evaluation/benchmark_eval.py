@@ -136,21 +136,15 @@ def run_eval(
     from app.core.router import Router
     from app.encoder.lora_encoder import BASE as BASE_ADAPTER
     from app.encoder.lora_encoder import LoraEncoder
-    from app.errors import NotFound
     from app.evaluation.bm25 import bm25_search
-    from app.experts.artifacts import list_expert_dirs, read_expert
+    from app.experts.artifacts import adapter_locator, list_expert_dirs, read_expert
 
     experts = {p.name: read_expert(p) for p in list_expert_dirs(experts_dir)}
     adapters = {name: e.path for name, e in experts.items()}
     if multitask_dir is not None and (multitask_dir / "adapter_config.json").is_file():
         adapters["multitask"] = multitask_dir
 
-    def locate(name: str) -> Path:
-        if name not in adapters:
-            raise NotFound(name)
-        return adapters[name]
-
-    encoder = LoraEncoder(locate, capacity=len(adapters) + 1)
+    encoder = LoraEncoder(adapter_locator(adapters), capacity=len(adapters) + 1)
     result = EvalResult()
     entries = [(e, True) for e in benchmark.experts] + [(e, False) for e in benchmark.zero_shot]
     for path in extra_zero_shot or []:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +64,19 @@ class Expert:
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+def adapter_locator(adapters: Mapping[str, Path]) -> Callable[[str], Path]:
+    """The encoder's AdapterLocator over `{expert: directory}`: the directory, or NotFound
+    when the name is unknown or its adapter file is gone (serving, training and eval)."""
+
+    def locate(name: str) -> Path:
+        path = adapters.get(name)
+        if path is None or not (path / ADAPTER_MODEL).is_file():
+            raise NotFound(f"expert {name!r} has no adapter on disk")
+        return path
+
+    return locate
 
 
 def _fsync_write(path: Path, data: bytes) -> None:

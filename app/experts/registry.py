@@ -21,8 +21,8 @@ from app.core.names import BASE_EXPERT, check_name
 from app.core.router import Aggregation, Router
 from app.errors import Conflict, NotFound
 from app.experts.artifacts import (
-    ADAPTER_MODEL,
     Expert,
+    adapter_locator,
     list_expert_dirs,
     read_expert,
     remove_expert,
@@ -67,10 +67,7 @@ class ExpertRegistry:
 
     def adapter_dir(self, name: str) -> Path:
         """Directory of an expert's adapter; the encoder's AdapterLocator."""
-        path = self.get(name).path
-        if not (path / ADAPTER_MODEL).exists():
-            raise NotFound(f"expert {name!r} has no adapter on disk")
-        return path
+        return adapter_locator({name: self.get(name).path})(name)
 
     def _rebuild_router(self) -> None:
         experts = self._experts.values()

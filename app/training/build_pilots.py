@@ -45,15 +45,10 @@ class DomainScores:
 def expert_encoder(experts_dir: Path, max_seq_length: int = 256) -> LoraEncoder:
     """LoraEncoder whose adapters are the experts in `experts_dir` (one code path with serving)."""
     from app.encoder.lora_encoder import LoraEncoder
-    from app.errors import NotFound
+    from app.experts.artifacts import adapter_locator, list_expert_dirs
 
-    def locate(name: str) -> Path:
-        path = experts_dir / name
-        if not (path / "adapter_config.json").is_file():
-            raise NotFound(f"expert {name!r} not found in {experts_dir}")
-        return path
-
-    return LoraEncoder(locate, capacity=64, max_seq_length=max_seq_length)
+    adapters = {path.name: path for path in list_expert_dirs(experts_dir)}
+    return LoraEncoder(adapter_locator(adapters), capacity=64, max_seq_length=max_seq_length)
 
 
 def score_domains(

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from app.core.ranking import per_query_ndcg
+from app.encoder.base_model import BASE_MODEL_NAME, EMBEDDING_DIM
 from app.training.examples import Example
 
 Negatives = Literal["corpus", "in-batch", "hard"]
@@ -119,7 +120,7 @@ class _QueryModel:
 
         self.model.eval()
         order = np.argsort([len(t) for t in texts], kind="stable")  # less padding
-        out = np.empty((len(texts), 384), dtype=np.float32)
+        out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 rows = order[start : start + batch_size]
@@ -137,7 +138,7 @@ class _QueryModel:
         with tempfile.TemporaryDirectory() as tmp:
             self.model.save_pretrained(tmp)
             config = json.loads((Path(tmp) / "adapter_config.json").read_text())
-            config["base_model_name_or_path"] = "sentence-transformers/all-MiniLM-L6-v2"
+            config["base_model_name_or_path"] = BASE_MODEL_NAME
             # peft keeps target_modules as a set: its order varies from process to process.
             if isinstance(config.get("target_modules"), list):
                 config["target_modules"] = sorted(config["target_modules"])
