@@ -97,6 +97,15 @@ def test_corpora_are_searchable_while_indexing_smallest_first(
     )
     fake_settings.datasets_dir = datasets
     fake_settings.cache_dir = tmp_path / "cache"
+    # The small corpus has training's embedding cache: those vectors are indexed as they are.
+    from app.data.doc_embeddings import corpus_key
+
+    cached = np.random.default_rng(0).normal(size=(30, 384)).astype(np.float32)
+    cached /= np.linalg.norm(cached, axis=1, keepdims=True)
+    key = corpus_key(datasets / "small", 256)
+    cache_file = fake_settings.cache_dir / "embeddings" / f"{key}.npy"
+    cache_file.parent.mkdir(parents=True)
+    np.save(cache_file, cached)
     pilots = np.ones((1, 384), dtype=np.float32) / np.sqrt(384)
     for name, lora in (("small", lora_a), ("large", lora_b)):
         config, model = (lora / "adapter_config.json"), (lora / "adapter_model.safetensors")
@@ -132,6 +141,8 @@ def test_corpora_are_searchable_while_indexing_smallest_first(
                 seen_partial = True
             time.sleep(0.05)
         assert seen_partial
+        [hits] = client.app.state.ctx.indexes.get("small").search(cached[7][None, :], k=1)
+        assert hits[0].id == "small-7" and hits[0].score == pytest.approx(1.0, abs=1e-5)
         large = client.get("/v1/experts/large").json()
         assert large["state"] == "ready" and large["documents"] == 400
         body = client.post("/v1/search", json={"query": "large topic", "expert": "large"})

@@ -22,6 +22,7 @@ import numpy as np
 from app.core.documents import Hit
 from app.core.fusion import fuse_plans
 from app.core.planning import Key, Plan, SearchOptions, Targets, search_jobs, targets
+from app.index.base import VectorIndex
 from app.index.memory import MemoryIndex
 
 Choice = str | tuple[str, ...]
@@ -52,7 +53,7 @@ def plan_of(choice: Choice) -> Plan:
 def core_run(
     dataset: EvalSet,
     plans: Sequence[Plan],
-    indexes: Mapping[str, MemoryIndex],
+    indexes: Mapping[str, VectorIndex],
     options: SearchOptions,
     choose_targets: Targets = targets,
 ) -> Run:

@@ -16,6 +16,7 @@ the large ones fill one after the other. `IndexingProgress` tells searches, `/v1
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,17 @@ log = logging.getLogger(__name__)
 CHUNK = 256
 
 
-def corpora_to_index(
-    admin: AdminService, datasets: Path | None
-) -> list[tuple[str, Path, list[dict[str, str]]]]:
-    """(expert, dataset dir, corpus documents its index lacks) for each benchmark expert whose
-    index is short of its corpus: empty on a first start, part-filled after a crash."""
+@dataclass(frozen=True)
+class Corpus:
+    expert: str
+    directory: Path
+    ids: list[str]  # the whole corpus, in file order (the embedding cache's row order)
+    missing: list[dict[str, str]]  # its documents the expert's index lacks
+
+
+def corpora_to_index(admin: AdminService, datasets: Path | None) -> list[Corpus]:
+    """Each benchmark expert whose index is short of its corpus: empty on a first start,
+    part-filled after a crash."""
     from app.data.beir import load_benchmark, load_corpus
 
     if datasets is None or not (Path(datasets) / "benchmark.json").is_file():
@@ -50,7 +57,7 @@ def corpora_to_index(
             continue
         missing = [d for d in corpus if index is None or index.get(d["_id"]) is None]
         if missing:
-            todo.append((name, dataset.directory, missing))
+            todo.append(Corpus(name, dataset.directory, [d["_id"] for d in corpus], missing))
     return todo
 
 
@@ -68,17 +75,18 @@ async def index_expert_corpora(
     from app.encoder.documents import document_text
 
     progress = progress if progress is not None else IndexingProgress()
-    todo = sorted(corpora_to_index(admin, datasets), key=lambda item: len(item[2]))
+    todo = sorted(corpora_to_index(admin, datasets), key=lambda corpus: len(corpus.missing))
     if not todo:
         return 0
-    for name, _, documents in todo:
-        progress.plan(name, len(documents))
+    for corpus in todo:
+        progress.plan(corpus.expert, len(corpus.missing))
     indexed = 0
     try:
-        total = sum(len(documents) for _, _, documents in todo)
+        total = sum(len(corpus.missing) for corpus in todo)
         with tqdm(total=total, unit="doc", desc="indexing") as bar:
-            for name, directory, documents in todo:
-                cached = _cached_embeddings(admin, directory, cache_dir)
+            for corpus in todo:
+                name, documents = corpus.expert, corpus.missing
+                cached = _cached_embeddings(admin, corpus, cache_dir)
                 for start in range(0, len(documents), CHUNK):
                     part = documents[start : start + CHUNK]
                     if cached is not None:
@@ -99,15 +107,15 @@ async def index_expert_corpora(
 
 
 def _cached_embeddings(
-    admin: AdminService, directory: Path, cache_dir: Path
+    admin: AdminService, corpus: Corpus, cache_dir: Path
 ) -> dict[str, np.ndarray] | None:
     """Document id -> base embedding from the training cache, when it matches the corpus."""
-    from app.data.beir import load_corpus
     from app.data.doc_embeddings import corpus_key
 
-    path = cache_dir / "embeddings" / f"{corpus_key(directory, admin.encoder.max_seq_length)}.npy"
+    key = corpus_key(corpus.directory, admin.encoder.max_seq_length)
+    path = cache_dir / "embeddings" / f"{key}.npy"
     if not path.is_file():
         return None
     vectors = np.load(path)
-    ids = [d["_id"] for d in load_corpus(directory)]
+    ids = corpus.ids
     return dict(zip(ids, vectors, strict=True)) if len(vectors) == len(ids) else None
