@@ -56,7 +56,7 @@ def test_register_upload_search_delete_restart(fake_settings, lora_a, lora_b) ->
         body_doc = {"input": doc_text, "model": "base"}
         doc = client.post("/v1/embeddings", json=body_doc).json()["data"][0]["embedding"]
         expected = float(np.dot(query["embedding"], doc))
-        assert body["hits"][0]["score"] == pytest.approx(expected, abs=1e-5)
+        assert body["hits"][0]["dense_score"] == pytest.approx(expected, abs=1e-5)
         listing = {e["name"]: e for e in client.get("/v1/experts").json()["experts"]}
         assert listing["code"]["documents"] == 2 and listing["aero"]["pilot_count"] == 1
         assert client.get("/readyz").json() == {"status": "ready", "experts": 2, "degraded": {}}
@@ -64,7 +64,11 @@ def test_register_upload_search_delete_restart(fake_settings, lora_a, lora_b) ->
     with TestClient(create_app(fake_settings)) as client:  # restart: all of it is back
         hits = client.post("/v1/search", json={"query": "supersonic shock"}).json()["hits"]
         assert hits[0]["id"] == "a2"
+        assert hits[0]["lexical_score"] > 0 and hits[0]["dense_score"] is not None
+        lexical = {"query": "supersonic shock", "mode": "lexical", "expert": "base"}
+        assert [h["id"] for h in client.post("/v1/search", json=lexical).json()["hits"]] == ["a2"]
         assert client.delete("/admin/experts/aero", headers=AUTH).status_code == 204
+        assert client.post("/v1/search", json=lexical).json()["hits"] == []
         body = client.post("/v1/search", json={"query": "supersonic shock", "k": 10}).json()
         assert "aero" not in body["routing"]["scores"]
         assert all(h["index"] != "aero" for h in body["hits"])
@@ -85,7 +89,8 @@ def _search_options_embeddings_and_fallback(fake_client: TestClient, lora_a, lor
     pinned = fake_client.post("/v1/search", json={"query": query, "index": "aero"}).json()
     assert {h["index"] for h in pinned["hits"]} == {"aero"}
     assert pinned["hits"][0]["expert"] == "code"
-    fused = fake_client.post("/v1/search", json={"query": query, "top_experts": 2}).json()
+    body = {"query": query, "top_experts": 2, "mode": "dense"}
+    fused = fake_client.post("/v1/search", json=body).json()
     assert {h["index"] for h in fused["hits"]} == {"aero", "code"}
     assert fused["hits"][0]["score"] == pytest.approx(1 / 61)  # RRF of two lists
     base = fake_client.post("/v1/search", json={"query": query, "expert": "base"}).json()
@@ -101,6 +106,40 @@ def _search_options_embeddings_and_fallback(fake_client: TestClient, lora_a, lor
     assert not np.allclose(routed["embedding"], as_base["data"][0]["embedding"], atol=1e-3)
     unrelated = fake_client.post("/v1/search", json={"query": "zebra xylophone"}).json()
     assert unrelated["routing"]["fallback"] and unrelated["routing"]["expert"] == "base"
+
+
+def test_search_modes_and_fusion_weight(fake_settings, lora_a, lora_b) -> None:
+    with TestClient(create_app(fake_settings)) as client:
+        populate(client, lora_a, lora_b)
+        query = {"query": "python reverse string", "expert": "code", "k": 2}
+        dense = client.post("/v1/search", json={**query, "mode": "dense"}).json()["hits"]
+        assert all(h["dense_score"] == h["score"] and "lexical_score" not in h for h in dense)
+        lexical = client.post("/v1/search", json={**query, "mode": "lexical"}).json()["hits"]
+        assert lexical[0]["id"] == "c2" and lexical[0]["score"] == lexical[0]["lexical_score"]
+        assert lexical[0]["text"] == "python reverse a string"  # text fetched after fusion
+        hybrid = client.post("/v1/search", json=query).json()["hits"]
+        assert hybrid[0]["id"] == "c2" and 0 < hybrid[0]["score"] <= 1.0
+        rrf = client.post("/v1/search", json={**query, "fusion": "rrf"}).json()["hits"]
+        assert rrf[0]["score"] <= 2 / 61 + 1e-9
+        bad = client.post("/v1/search", json={**query, "mode": "sparse"})
+        assert bad.status_code == 422
+
+        url = "/admin/experts/code/fusion"
+        assert client.put(url, json={"weight": 0.25}).status_code == 401
+        assert client.put(url, headers=AUTH, json={"weight": 1.5}).status_code == 422
+        body = client.put(url, headers=AUTH, json={"weight": 0.0}).json()
+        assert body["fusion_weight"] == 0.0
+        # Weight 0: the hybrid order is the lexical order.
+        only_lexical = client.post("/v1/search", json=query).json()["hits"]
+        assert [h["id"] for h in only_lexical] == [h["id"] for h in lexical]
+        assert (
+            client.put("/admin/experts/nope/fusion", headers=AUTH, json={"weight": 0.5}).status_code
+            == 404
+        )
+    with TestClient(create_app(fake_settings)) as client:  # persisted in expert.json
+        assert client.get("/v1/experts/code").json()["fusion_weight"] == 0.0
+        client.put("/admin/experts/code/fusion", headers=AUTH, json={"weight": None})
+        assert client.get("/v1/experts/code").json().get("fusion_weight") is None
 
 
 def test_identity_adapter_changes_nothing(fake_client: TestClient, adapters_root: str) -> None:

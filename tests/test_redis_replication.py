@@ -90,6 +90,14 @@ def test_changes_through_one_gateway_reach_the_other(gateways, adapter_a: Path) 
     ]
     assert upsert(b, "code", docs).json() == {"inserted": 1, "updated": 0}
     wait_for(lambda: [h["id"] for h in search(a, "python sort dict").json()["hits"]] == ["d1"], 1.0)
+    lexical = search(a, "sorted items", mode="lexical", expert="code").json()["hits"]
+    assert [h["id"] for h in lexical] == ["d1"]  # the follower's BM25 index has it too
+    weight = httpx.put(
+        b.url + "/admin/experts/code/fusion", headers=AUTH, json={"weight": 0.3}, timeout=30
+    )
+    assert weight.status_code == 200
+    fusion = lambda: httpx.get(a.url + "/v1/experts/code", timeout=10).json()["fusion_weight"]  # noqa: E731
+    wait_for(lambda: fusion() == 0.3, 1.0)
 
     assert register(b, "code", adapter_a).status_code == 409  # Redis decides, atomically
     assert httpx.delete(a.url + "/admin/experts/code", headers=AUTH, timeout=30).status_code == 204

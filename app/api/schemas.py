@@ -54,6 +54,16 @@ class SearchOptionsIn(_Strict):
         1, ge=1, le=8, description="Search the n best routed experts, fused."
     )
     include_text: bool = True
+    mode: Literal["hybrid", "dense", "lexical"] = Field(
+        "hybrid",
+        description='"hybrid" (default): dense and BM25 lists fused; "dense": embeddings only; '
+        '"lexical": BM25 only (no expert pass).',
+    )
+    fusion: Literal["convex", "rrf"] = Field(
+        "convex",
+        description='How hybrid fuses its two lists: "convex" (min-max normalised scores, '
+        'weighted by the expert\'s learned dense weight) or "rrf" (reciprocal rank).',
+    )
 
 
 class SearchRequest(SearchOptionsIn):
@@ -72,6 +82,12 @@ class HitOut(BaseModel):
     title: str | None = None
     text: str | None = None
     metadata: dict[str, Any] | None = None
+    dense_score: float | None = Field(
+        None, description="Cosine of the dense leg (absent: not in the dense candidates)."
+    )
+    lexical_score: float | None = Field(
+        None, description="BM25 of the lexical leg (absent: not in the lexical candidates)."
+    )
 
 
 class RoutingOut(BaseModel):
@@ -141,6 +157,11 @@ class ExpertOut(BaseModel):
     pilot_count: int
     adapter_sha256: str | None
     fallback_threshold: float | None
+    fusion_weight: float | None = Field(
+        None,
+        description="Hybrid search's dense weight for queries this expert embeds; null: "
+        "chosen per query by the fallback model.",
+    )
     documents: int
     resident: bool
     state: Literal["ready", "indexing"] = Field(
@@ -148,6 +169,15 @@ class ExpertOut(BaseModel):
     )
     indexing: IndexingOut | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class FusionWeightIn(_Strict):
+    weight: float | None = Field(
+        ...,
+        ge=0.0,
+        le=1.0,
+        description="Dense weight in [0, 1] (1: dense only, 0: BM25 only); null: per query.",
+    )
 
 
 class ExpertList(BaseModel):

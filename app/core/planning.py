@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from app.core.hybrid import CANDIDATES, Fusion, Mode
 from app.core.names import AUTO, BASE_EXPERT
 from app.core.router import RoutingDecision
 
@@ -21,6 +22,16 @@ class SearchOptions:
     index: str | None = None  # pin the index searched; None = the encoding expert's own
     top_experts: int = 1
     include_text: bool = True
+    mode: Mode = "hybrid"
+    fusion: Fusion = "convex"
+    candidates: int = CANDIDATES  # each leg's depth before hybrid fusion
+    # The lexical leg searches every index, not only the routed expert's (a what-if the
+    # eval measures: a wrong route is then no sure miss).
+    lexical_everywhere: bool = False
+
+    @property
+    def dense_depth(self) -> int:
+        return self.k if self.mode == "dense" else max(self.k, self.candidates)
 
 
 Plan = list[str]  # the encoders that embed one query, best first
@@ -47,6 +58,31 @@ def targets(encoder: str, options: SearchOptions, index_names: Sequence[str]) ->
     return [encoder]
 
 
+def lexical_targets(plan: Plan, options: SearchOptions, index_names: Sequence[str]) -> list[str]:
+    """The indexes a query's lexical leg searches: those its encoders' vectors search
+    (every index on fallback), or every index with `lexical_everywhere`."""
+    if options.mode == "dense":
+        return []
+    if options.lexical_everywhere and options.index is None:
+        return list(index_names)
+    found: dict[str, None] = {}
+    for encoder in plan:
+        found.update(dict.fromkeys(targets(encoder, options, index_names)))
+    return list(found)
+
+
+def lexical_jobs(
+    plans: Sequence[Plan], options: SearchOptions, index_names: Iterable[str]
+) -> dict[str, list[int]]:
+    """The queries (positions) whose lexical leg searches each index."""
+    names = list(index_names)
+    jobs: dict[str, list[int]] = defaultdict(list)
+    for qi, plan in enumerate(plans):
+        for index in lexical_targets(plan, options, names):
+            jobs[index].append(qi)
+    return dict(jobs)
+
+
 def search_jobs(
     plans: Sequence[Plan],
     options: SearchOptions,
@@ -57,6 +93,8 @@ def search_jobs(
     search per index."""
     names = list(index_names)
     jobs: dict[str, list[Key]] = defaultdict(list)
+    if options.mode == "lexical":
+        return {}
     for qi, plan in enumerate(plans):
         for encoder in plan:
             for index in choose_targets(encoder, options, names):

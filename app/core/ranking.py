@@ -33,3 +33,12 @@ def per_query_ndcg(
 ) -> np.ndarray:
     rows, _ = top_k(query_embeddings, docs, k)
     return np.array([ndcg_at_k(r, rel, k) for r, rel in zip(rows, relevants, strict=True)])
+
+
+def ndcg_of_ids(ranked: list[str], relevant: dict[str, int], k: int = 10) -> float:
+    """nDCG@k of a ranking of document ids (the same definition as `ndcg_at_k`)."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    gains = np.array([relevant.get(d, 0) for d in ranked[:k]], dtype=np.float64)
+    ideal = np.sort(np.array(list(relevant.values()), dtype=np.float64))[::-1][:k]
+    idcg = float((ideal * discounts[: len(ideal)]).sum())
+    return float((gains * discounts[: len(gains)]).sum() / idcg) if idcg > 0 else 0.0

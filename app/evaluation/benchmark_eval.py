@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from app.core.documents import Document
+from app.core.hybrid import weights_lookup
 from app.core.names import BASE_EXPERT
 from app.data.beir import (
     Benchmark,
@@ -101,6 +103,7 @@ def load_eval_set(
         ids,
         [queries[q] for q in ids],
         {q: qrels[q] for q in ids},
+        documents=[Document(d["_id"], d["text"], d["title"]) for d in corpus],
     )
     return data, texts
 
@@ -137,7 +140,12 @@ def run_eval(
     from app.encoder.lora_encoder import BASE as BASE_ADAPTER
     from app.encoder.lora_encoder import LoraEncoder
     from app.evaluation.bm25 import bm25_search
-    from app.experts.artifacts import adapter_locator, list_expert_dirs, read_expert
+    from app.experts.artifacts import (
+        adapter_locator,
+        list_expert_dirs,
+        read_expert,
+        read_fallback_weights,
+    )
 
     experts = {p.name: read_expert(p) for p in list_expert_dirs(experts_dir)}
     adapters = {name: e.path for name, e in experts.items()}
@@ -174,6 +182,9 @@ def run_eval(
         log.info("encoded %s (%d queries)", data.name, len(data.query_ids))
 
     names = sorted(experts)
+    weights = weights_lookup(
+        {n: e.spec.fusion_weight for n, e in experts.items()}, read_fallback_weights(experts_dir)
+    )
     thresholds = {n: experts[n].spec.fallback_threshold for n in names}
     pilots = {n: experts[n].pilots for n in names if len(experts[n].pilots)}
     routers: dict[str, tuple[Router, bool]] = {
@@ -205,6 +216,7 @@ def run_eval(
             result.record(
                 data.name, method, paper_run(data, [choice] * len(data.query_ids), k), data.qrels
             )
+        _hybrid_rows(result, data, service, routers["router_mean"][0], weights, k)
         for method, (router, top2) in routers.items():
             choices = _choices(router.route(data.encoded[BASE]), top2)
             result.record(data.name, method, paper_run(data, choices, k), data.qrels)
@@ -228,6 +240,32 @@ def run_eval(
                 result.routing[data.name] = dict(Counter(str(c) for c in choices))
         _oracles(result, data, names, k)
     return result
+
+
+def _hybrid_rows(
+    result: EvalResult, data: EvalSet, service: ServiceIndexes, router: Any, weights: Any, k: int
+) -> None:
+    """Lexical (the served FTS5 BM25) and hybrid rows, paper and service settings."""
+    everyone = [BASE] * len(data.query_ids)
+    routed = _choices(router.route(data.encoded[BASE]))
+    result.record(data.name, "lexical", paper_run(data, everyone, k, "lexical"), data.qrels)
+    result.record(
+        data.name, "hybrid:base", paper_run(data, everyone, k, "hybrid", weights), data.qrels
+    )
+    result.record(
+        data.name, "hybrid:router_mean", paper_run(data, routed, k, "hybrid", weights), data.qrels
+    )
+    rrf = paper_run(data, routed, k, "hybrid", weights, fusion="rrf")
+    result.record(data.name, "hybrid_rrf:router_mean", rrf, data.qrels)
+    if not data.in_domain:
+        return
+    for mode in ("lexical", "hybrid"):
+        run = service.run(data, routed, k, mode=mode, weights=weights)
+        result.record(data.name, f"service_{mode}:router_mean", run, data.qrels)
+    everywhere = service.run(
+        data, routed, k, mode="hybrid", weights=weights, lexical_everywhere=True
+    )
+    result.record(data.name, "service_hybrid_lexall:router_mean", everywhere, data.qrels)
 
 
 def _oracles(result: EvalResult, data: EvalSet, names: list[str], k: int) -> None:

@@ -78,6 +78,13 @@ def _notes() -> list[str]:
         "indexes merged by score (a proposal: a wrong route costs quality, not the answer).",
         "Oracles choose among base and the 10 experts using the test labels (upper bounds).",
         "`router_mean[...-pilots]` are pilot-rule variants without fallback, for comparison.",
+        "`bm25`: bm25s with Snowball stemming (the reference); `lexical`: the served SQLite "
+        "FTS5 BM25 (Porter stemming), base routing irrelevant. `hybrid:` methods fuse the "
+        "dense list of that routing with `lexical` by the learned convex weight (the expert's "
+        "weight, or the per-query fallback model: `rr tune-fusion`, TRAIN queries only); "
+        "`hybrid_rrf:` fuses by reciprocal rank instead. `service_lexical:`/`service_hybrid:` "
+        "are what `/v1/search` returns in `mode` lexical/hybrid; `service_hybrid_lexall:` is a "
+        "what-if whose lexical leg searches every index.",
     ]
 
 
@@ -92,5 +99,6 @@ def _training_summary(experts_dir: Path) -> dict[str, dict]:
             **(metrics_summary(spec.extra) if "metrics" in spec.extra else {}),
             "fallback_threshold": spec.fallback_threshold,
             "pilot_count": spec.pilot_count,
+            "fusion_weight": spec.fusion_weight,
         }
     return summary

@@ -10,6 +10,9 @@ import numpy as np
 
 HEADLINE = [
     "bm25",
+    "lexical",
+    "hybrid:base",
+    "hybrid:router_mean",
     "base",
     "multitask",
     "dataset_router",
@@ -48,10 +51,34 @@ def averages_table(data: dict[str, Any], metric: str = "ndcg@10") -> list[str]:
     )
 
 
+# (row label, paper-setting method, service-setting method) of the summary table.
+SUMMARY = [
+    ("lexical (FTS5 BM25)", "lexical", "service_lexical:router_mean"),
+    ("dense (router_mean)", "router_mean", "service:router_mean"),
+    ("hybrid (router_mean)", "hybrid:router_mean", "service_hybrid:router_mean"),
+]
+
+
+def summary_table(data: dict[str, Any]) -> list[str]:
+    """Dense, lexical and hybrid side by side: paper in-domain, service, zero-shot."""
+    averages = data["averages"]["ndcg@10"]
+    cells = {
+        label: {
+            "paper, in-domain": averages["in_domain"].get(paper),
+            "service, in-domain": averages["in_domain"].get(service),
+            "zero-shot": averages["zero_shot"].get(paper),
+        }
+        for label, paper, service in SUMMARY
+    }
+    columns = ["paper, in-domain", "service, in-domain", "zero-shot"]
+    return _table([label for label, _, _ in SUMMARY], columns, lambda r, c: cells[r][c])
+
+
 def write_markdown(data: dict[str, Any], path: Path, notes: list[str]) -> None:
     in_domain, zero_shot = data["datasets"]["in_domain"], data["datasets"]["zero_shot"]
     datasets = in_domain + zero_shot
     lines = ["# Evaluation: RouterRetriever over all-MiniLM-L6-v2", "", *notes, ""]
+    lines += ["## Dense, lexical and hybrid (nDCG@10 averages)", "", *summary_table(data), ""]
     for metric in ("ndcg@10", "recall@100"):
         lines += [f"## Averages, {metric}", "", *averages_table(data, metric), ""]
     lines += [
@@ -68,7 +95,7 @@ def write_markdown(data: dict[str, Any], path: Path, notes: list[str]) -> None:
         lines += [f"## Per dataset, {metric} (paper setting)", ""]
         lines += _table(datasets, methods, lambda r, c, m=metric: data[m].get(r, {}).get(c))
         lines += [""]
-    prefixes = ("service:", "service_all:")
+    prefixes = ("service:", "service_all:", "service_lexical:", "service_hybrid")
     service = sorted(m for m in data["ndcg@10"][in_domain[0]] if m.startswith(prefixes))
     lines += ["## Service setting, nDCG@10 (in-domain; a wrong route is a miss)", ""]
     lines += _table(in_domain, service, lambda r, c: data["ndcg@10"][r].get(c))
@@ -89,6 +116,7 @@ def write_markdown(data: dict[str, Any], path: Path, notes: list[str]) -> None:
             "train_seconds",
             "fallback_threshold",
             "pilot_count",
+            "fusion_weight",
         ]
         lines += _table(sorted(training), columns, lambda r, c: training[r].get(c))
     lines += ["", "## Routing counts (router_mean)", ""]

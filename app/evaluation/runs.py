@@ -13,21 +13,31 @@ each embeds the query, the lists are fused by reciprocal rank, as the gateway do
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
-from app.core.documents import Hit
-from app.core.fusion import fuse_plans
-from app.core.planning import Key, Plan, SearchOptions, Targets, search_jobs, targets
+from app.core.documents import Document, Hit
+from app.core.fusion import rank_query
+from app.core.hybrid import Fusion, Mode, QueryWeights
+from app.core.planning import (
+    Key,
+    Plan,
+    SearchOptions,
+    Targets,
+    lexical_jobs,
+    search_jobs,
+    targets,
+)
 from app.index.base import VectorIndex
 from app.index.memory import MemoryIndex
 
 Choice = str | tuple[str, ...]
 Run = dict[str, dict[str, float]]
 MISS = "__miss__"  # ranx needs at least one document per query
+DENSE_ONLY: Callable[[str], QueryWeights] = lambda _encoder: QueryWeights.constant(1.0)  # noqa: E731
 
 
 @dataclass
@@ -40,10 +50,11 @@ class EvalSet:
     query_texts: list[str]
     qrels: dict[str, dict[str, int]]  # positives only
     encoded: dict[str, np.ndarray] = field(default_factory=dict)  # encoder -> (n_q, dim)
+    documents: list[Document] | None = None  # title and text, for the lexical leg
 
     @cached_property
     def index(self) -> MemoryIndex:
-        return MemoryIndex.of_vectors(self.name, self.doc_ids, self.doc_matrix)
+        return MemoryIndex.of_vectors(self.name, self.doc_ids, self.doc_matrix, self.documents)
 
 
 def plan_of(choice: Choice) -> Plan:
@@ -56,20 +67,42 @@ def core_run(
     indexes: Mapping[str, VectorIndex],
     options: SearchOptions,
     choose_targets: Targets = targets,
+    weights: Callable[[str], QueryWeights] = DENSE_ONLY,
 ) -> Run:
     """The gateway's search and fusion of `dataset`'s queries (`plans[i]`: the encoders of
     query i) over `indexes`; a document of another domain's index is namespaced
-    (`domain::id`: never relevant here)."""
+    (`domain::id`: never relevant here). `weights`: hybrid's dense weights."""
     lists: dict[Key, list[Hit]] = {}
     for name, keys in search_jobs(plans, options, indexes, choose_targets).items():
         if name not in indexes:  # an encoder without an index (multitask) finds nothing
             continue
         vectors = np.stack([dataset.encoded[encoder][qi] for qi, encoder in keys])
-        found = indexes[name].search(vectors, options.k, with_text=False)
+        found = indexes[name].search(vectors, options.dense_depth, with_text=False)
         for key, hits in zip(keys, found, strict=True):
             lists.setdefault(key, []).extend(hits)
+    lexical: dict[int, list[Hit]] = {}
+    depth = options.k if options.mode == "lexical" else options.dense_depth
+    for name, positions in lexical_jobs(plans, options, indexes).items():
+        if name not in indexes:
+            continue
+        texts = [dataset.query_texts[qi] for qi in positions]
+        for qi, hits in zip(
+            positions, indexes[name].lexical_search(texts, depth, False), strict=True
+        ):
+            lexical.setdefault(qi, []).extend(hits)
+    ranked_lists = [
+        rank_query(
+            dataset.query_texts[qi],
+            plan,
+            {e: lists.get((qi, e), []) for e in plan},
+            lexical.get(qi, []),
+            options,
+            weights,
+        )
+        for qi, plan in enumerate(plans)
+    ]
     run: Run = {}
-    for qi, ranked in enumerate(fuse_plans(plans, lists, options.k)):
+    for qi, ranked in enumerate(ranked_lists):
         ranking: dict[str, float] = {}
         for item in ranked:
             hit = item.hit
@@ -79,10 +112,17 @@ def core_run(
     return run
 
 
-def paper_run(dataset: EvalSet, choices: Sequence[Choice], k: int = 100) -> Run:
-    options = SearchOptions(k=k, index=dataset.name, include_text=False)
+def paper_run(
+    dataset: EvalSet,
+    choices: Sequence[Choice],
+    k: int = 100,
+    mode: Mode = "dense",
+    weights: Callable[[str], QueryWeights] = DENSE_ONLY,
+    fusion: Fusion = "convex",
+) -> Run:
+    options = SearchOptions(k=k, index=dataset.name, include_text=False, mode=mode, fusion=fusion)
     plans = [plan_of(c) for c in choices]
-    return core_run(dataset, plans, {dataset.name: dataset.index}, options)
+    return core_run(dataset, plans, {dataset.name: dataset.index}, options, weights=weights)
 
 
 class ServiceIndexes:
@@ -92,12 +132,23 @@ class ServiceIndexes:
         self.indexes = {s.name: s.index for s in sets}
 
     def run(
-        self, dataset: EvalSet, choices: Sequence[Choice], k: int = 100, search_all: bool = False
+        self,
+        dataset: EvalSet,
+        choices: Sequence[Choice],
+        k: int = 100,
+        search_all: bool = False,
+        mode: Mode = "dense",
+        weights: Callable[[str], QueryWeights] = DENSE_ONLY,
+        lexical_everywhere: bool = False,
     ) -> Run:
         """`search_all` (not served; a what-if): the routed expert only encodes the query,
-        which then searches every index merged by score."""
-        options = SearchOptions(k=k, include_text=False)
+        which then searches every index merged by score. `lexical_everywhere` (a what-if):
+        the lexical leg of a routed query searches every index."""
+        options = SearchOptions(
+            k=k, include_text=False, mode=mode, lexical_everywhere=lexical_everywhere
+        )
         plans = [plan_of(c) for c in choices]
         if not search_all:
-            return core_run(dataset, plans, self.indexes, options)
-        return core_run(dataset, plans, self.indexes, options, lambda e, o, names: list(names))
+            return core_run(dataset, plans, self.indexes, options, weights=weights)
+        every = lambda e, o, names: list(names)  # noqa: E731
+        return core_run(dataset, plans, self.indexes, options, every, weights)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.hybrid import QueryWeights
 from app.core.names import check_name
 from app.encoder.base_model import BASE_MODEL_NAME
 from app.errors import NotFound
@@ -34,6 +35,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_MODEL = "adapter_model.safetensors"
 PILOTS = "pilots.npy"
 METADATA = "expert.json"
+FUSION = "fusion.json"  # beside the expert folders: hybrid search's fallback weight model
+DEFAULT_DENSE_WEIGHT = 0.6  # before `rr tune-fusion` has run (the issue's prototype weight)
 _TEMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 
@@ -48,6 +51,9 @@ class ExpertSpec:
     adapter_sha256: str
     # Calibrated per-expert router threshold (cosine); None = use the global setting.
     fallback_threshold: float | None = None
+    # Hybrid search's dense weight for queries this expert embeds (learned on its train
+    # queries by `rr tune-fusion`); None = the per-query fallback model.
+    fusion_weight: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # training config, metrics, ...
 
     def to_json(self) -> dict[str, Any]:
@@ -160,6 +166,33 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array.astype(np.float32), allow_pickle=False)
     return buffer.getvalue()
+
+
+def read_fallback_weights(experts_dir: Path) -> QueryWeights:
+    """The per-query dense-weight model for fallback queries and experts without a weight."""
+    try:
+        raw = json.loads((experts_dir / FUSION).read_text())
+        return QueryWeights.from_json(raw["fallback"])
+    except FileNotFoundError:
+        return QueryWeights.constant(DEFAULT_DENSE_WEIGHT)
+
+
+def write_fusion(experts_dir: Path, payload: dict[str, Any]) -> None:
+    """`experts_dir/fusion.json`, atomically (`rr tune-fusion`'s model and its evidence)."""
+    temp = experts_dir / f"{_TEMP_PREFIX}{FUSION}"
+    _fsync_write(temp, json.dumps(payload, indent=2).encode())
+    os.replace(temp, experts_dir / FUSION)
+    _fsync_dir(experts_dir)
+
+
+def update_spec(expert: Expert, **changes: Any) -> Expert:
+    """An expert with metadata fields changed (expert.json replaced atomically)."""
+    spec = ExpertSpec(**{**asdict(expert.spec), **changes})
+    temp = expert.path / f"{_TEMP_PREFIX}{METADATA}"
+    _fsync_write(temp, json.dumps(spec.to_json(), indent=2).encode())
+    os.replace(temp, expert.path / METADATA)
+    _fsync_dir(expert.path)
+    return Expert(spec, expert.path, expert.pilots, expert.identity)
 
 
 def read_expert(path: Path) -> Expert:

@@ -17,15 +17,19 @@ from typing import TypeVar
 
 import numpy as np
 
+from app.core.hybrid import QueryWeights, weights_lookup
 from app.core.names import BASE_EXPERT, check_name
 from app.core.router import Aggregation, Router
 from app.errors import Conflict, NotFound
 from app.experts.artifacts import (
+    DEFAULT_DENSE_WEIGHT,
     Expert,
     adapter_locator,
     list_expert_dirs,
     read_expert,
+    read_fallback_weights,
     remove_expert,
+    update_spec,
     write_expert,
 )
 
@@ -44,12 +48,14 @@ class ExpertRegistry:
         self._pending_removal: set[str] = set()
         self._lock = threading.Condition()
         self.router = Router({}, aggregation, threshold)
+        self.fallback_weights = QueryWeights.constant(DEFAULT_DENSE_WEIGHT)
 
     # -- reads ---------------------------------------------------------------------------
 
     def load_all(self) -> list[str]:
         with self._lock:
             self._experts = {p.name: read_expert(p) for p in list_expert_dirs(self.experts_dir)}
+            self.fallback_weights = read_fallback_weights(self.experts_dir)
             self._rebuild_router()
             return self.names()
 
@@ -64,6 +70,20 @@ class ExpertRegistry:
             return self._experts[name]
         except KeyError:
             raise NotFound(f"expert {name!r} not found") from None
+
+    def fusion_weights(self, encoder: str) -> QueryWeights:
+        """Hybrid's dense weight for a query `encoder` embedded: the expert's learned weight,
+        else (base, fallback, an expert without one) the per-query model."""
+        expert = self._experts.get(encoder)
+        weight = None if expert is None else expert.spec.fusion_weight
+        return weights_lookup({encoder: weight}, self.fallback_weights)(encoder)
+
+    def set_fusion_weight(self, name: str, weight: float | None) -> Expert:
+        """Set (None: clear) an expert's hybrid dense weight, persisted in its expert.json."""
+        with self._lock:
+            expert = update_spec(self.get(name), fusion_weight=weight)
+            self._experts[name] = expert
+            return expert
 
     def adapter_dir(self, name: str) -> Path:
         """Directory of an expert's adapter; the encoder's AdapterLocator."""

@@ -1,4 +1,5 @@
-"""The vector-index contract: what serving, evaluation and the tests rely on.
+"""The search-index contract (vector and lexical search over one collection): what
+serving, evaluation and the tests rely on.
 
 Implementations: `ExpertIndex` (FAISS over a durable SQLite store, what the gateway serves)
 and `MemoryIndex` (numpy, in memory: `rr eval` and fast tests). `tests/test_index_contract.py`
@@ -30,6 +31,17 @@ class VectorIndex(Protocol):
 
     def search(self, queries: np.ndarray, k: int, with_text: bool = True) -> list[list[Hit]]:
         """Top-k hits per query row by inner product, best first."""
+        ...
+
+    def lexical_search(
+        self, queries: Sequence[str], k: int, with_text: bool = True
+    ) -> list[list[Hit]]:
+        """Top-k hits per query text by BM25 (`app.index.lexical`), best first; the same
+        documents as the vector search: each is in both or in neither."""
+        ...
+
+    def fetch(self, doc_ids: Sequence[str]) -> dict[str, Hit]:
+        """Stored documents by id as score-less hits with text (unknown ids left out)."""
         ...
 
     def get(self, doc_id: str) -> Document | None: ...

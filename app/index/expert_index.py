@@ -22,6 +22,7 @@ import numpy as np
 from app.core.documents import Document, Hit
 from app.core.text import not_utf8, repaired
 from app.errors import NotFound
+from app.index import lexical
 from app.index.faiss_backend import faiss_module, new_index, search_copy
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class ExpertIndex:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        lexical.attach(self._db)  # BM25 over the same rows, in the same transactions
         self._index = self._load_or_rebuild()
         self._searchable = search_copy(self._index)
         # Documents in SQLite, kept with every write: readiness probes never run SQL.
@@ -209,6 +211,29 @@ class ExpertIndex:
             ]
             for score_row, id_row in zip(scores, ids, strict=True)
         ]
+
+    def lexical_search(
+        self, queries: Sequence[str], k: int, with_text: bool = True
+    ) -> list[list[Hit]]:
+        with self._lock:
+            self._check_open()
+            found = lexical.search(self._db, queries, k)
+            records = self._fetch({r for hits in found for r, _ in hits}, with_text)
+        return [
+            [self._hit(records[r], s, with_text) for r, s in hits if r in records] for hits in found
+        ]
+
+    def fetch(self, doc_ids: Sequence[str]) -> dict[str, Hit]:
+        if not doc_ids:
+            return {}
+        marks = ",".join("?" * len(doc_ids))
+        with self._lock:
+            self._check_open()
+            rows = self._db.execute(
+                f"SELECT rowid, id, title, text, metadata FROM docs WHERE id IN ({marks})",
+                list(doc_ids),
+            ).fetchall()
+        return {row[1]: self._hit(row, 0.0, True) for row in rows}
 
     def _fetch(self, rowids: set[int], with_text: bool) -> dict[int, tuple]:
         if not rowids:

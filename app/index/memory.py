@@ -1,16 +1,19 @@
 """An exact inner-product index in numpy memory: `rr eval`'s index, and the fast tests'.
 
-Same contract as the served `ExpertIndex` (app/index/base.py), no persistence.
+Same contract as the served `ExpertIndex` (app/index/base.py), no persistence: its lexical
+leg is the same SQLite FTS5 index (`app.index.lexical`), in an in-memory database.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
 import numpy as np
 
 from app.core.documents import Document, Hit
 from app.core.ranking import top_k
+from app.index import lexical
 
 
 class MemoryIndex:
@@ -19,12 +22,25 @@ class MemoryIndex:
         self.dim = dim
         self._documents: dict[str, Document] = {}  # insertion order = matrix row order
         self._matrix = np.zeros((0, dim), dtype=np.float32)
+        self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        self._db.execute(
+            "CREATE TABLE docs (rowid INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL "
+            "UNIQUE, title TEXT NOT NULL, text TEXT NOT NULL)"
+        )
+        lexical.attach(self._db)
 
     @classmethod
-    def of_vectors(cls, name: str, ids: Sequence[str], matrix: np.ndarray) -> MemoryIndex:
-        """An index over precomputed embeddings of documents known only by id."""
+    def of_vectors(
+        cls,
+        name: str,
+        ids: Sequence[str],
+        matrix: np.ndarray,
+        documents: Sequence[Document] | None = None,
+    ) -> MemoryIndex:
+        """An index over precomputed embeddings (of `documents`, or of documents known only
+        by id: then the lexical leg finds nothing)."""
         index = cls(name, matrix.shape[1])
-        index.upsert([Document(doc_id, "") for doc_id in ids], matrix)
+        index.upsert(documents or [Document(doc_id, "") for doc_id in ids], matrix)
         return index
 
     def __len__(self) -> int:
@@ -42,6 +58,13 @@ class MemoryIndex:
         self._documents = {doc_id: self._documents[doc_id] for doc_id in kept_ids}
         self._documents.update({doc_id: documents[i] for doc_id, i in latest.items()})
         self._matrix = np.concatenate([self._matrix[keep], embeddings[list(latest.values())]])
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM docs WHERE id=?", [(d,) for d in latest])
+            self._db.executemany(
+                "INSERT INTO docs (id, title, text) VALUES (?,?,?)",
+                [(d, documents[i].title, documents[i].text) for d, i in latest.items()],
+            )
         return len(latest) - updated, updated
 
     def delete(self, doc_id: str) -> bool:
@@ -50,6 +73,9 @@ class MemoryIndex:
         row = list(self._documents).index(doc_id)
         del self._documents[doc_id]
         self._matrix = np.delete(self._matrix, row, axis=0)
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM docs WHERE id=?", (doc_id,))
         return True
 
     def search(self, queries: np.ndarray, k: int, with_text: bool = True) -> list[list[Hit]]:
@@ -62,6 +88,30 @@ class MemoryIndex:
             [self._hit(docs[r], float(s), with_text) for r, s in zip(rr, ss, strict=True)]
             for rr, ss in zip(rows, scores, strict=True)
         ]
+
+    def lexical_search(
+        self, queries: Sequence[str], k: int, with_text: bool = True
+    ) -> list[list[Hit]]:
+        found = lexical.search(self._db, queries, k)
+        rowids = sorted({r for hits in found for r, _ in hits})
+        ids = (
+            dict(
+                self._db.execute(
+                    f"SELECT rowid, id FROM docs WHERE rowid IN ({','.join('?' * len(rowids))})",
+                    rowids,
+                ).fetchall()
+            )
+            if rowids
+            else {}
+        )
+        return [
+            [self._hit(self._documents[ids[r]], s, with_text) for r, s in hits] for hits in found
+        ]
+
+    def fetch(self, doc_ids: Sequence[str]) -> dict[str, Hit]:
+        return {
+            d: self._hit(self._documents[d], 0.0, True) for d in doc_ids if d in self._documents
+        }
 
     def _hit(self, doc: Document, score: float, with_text: bool) -> Hit:
         if not with_text:

@@ -1,4 +1,4 @@
-"""The four kinds of change an operator can make, and their wire form (Redis stream fields)."""
+"""The five kinds of change an operator can make, and their wire form (Redis stream fields)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,14 @@ class DocumentDeleted:
     kind = "document_deleted"
 
 
-Change = ExpertAdded | ExpertRemoved | DocumentsUpserted | DocumentDeleted
+@dataclass(frozen=True)
+class FusionWeightSet:
+    name: str
+    weight: float | None  # hybrid's dense weight for the expert; None = the per-query model
+    kind = "fusion_weight_set"
+
+
+Change = ExpertAdded | ExpertRemoved | DocumentsUpserted | DocumentDeleted | FusionWeightSet
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -71,6 +78,8 @@ def payload_fields(change: Change) -> dict[str, bytes]:
         return {"documents": json.dumps(docs).encode(), "embeddings": _npy(change.embeddings)}
     if isinstance(change, DocumentDeleted):
         return {"doc_id": change.doc_id.encode()}
+    if isinstance(change, FusionWeightSet):
+        return {"weight": json.dumps(change.weight).encode()}
     return {}
 
 
@@ -99,6 +108,8 @@ def from_fields(fields: dict[Any, bytes]) -> Change:
         return DocumentsUpserted(name, docs, embeddings)
     if kind == DocumentDeleted.kind:
         return DocumentDeleted(name, f["doc_id"].decode())
+    if kind == FusionWeightSet.kind:
+        return FusionWeightSet(name, json.loads(f["weight"]))
     raise ValueError(f"unknown change kind {kind!r}")
 
 

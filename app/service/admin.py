@@ -23,7 +23,13 @@ from app.experts.artifacts import Expert
 from app.experts.registry import ExpertRegistry
 from app.experts.validation import normalize_pilots, parse_pilots, validate_adapter
 from app.index import Document, IndexStore
-from app.replication.changes import DocumentDeleted, DocumentsUpserted, ExpertAdded, ExpertRemoved
+from app.replication.changes import (
+    DocumentDeleted,
+    DocumentsUpserted,
+    ExpertAdded,
+    ExpertRemoved,
+    FusionWeightSet,
+)
 from app.replication.sinks import ChangeSink
 from app.service.batched_work import EncodeJob
 from app.service.batcher import MicroBatcher
@@ -113,6 +119,11 @@ class AdminService:
         # Without relevance labels the paper's per-query expert labelling is impossible:
         # the expert's pilot is the plain centroid of its example queries.
         return normalize_pilots(centroid_pilots(embedded), self.encoder.dim)
+
+    async def set_fusion_weight(self, name: str, weight: float | None) -> None:
+        if weight is not None and not 0.0 <= weight <= 1.0:
+            raise InvalidInput("weight must be between 0 and 1")
+        await self.sink.submit(FusionWeightSet(self._require_expert(name), weight))
 
     async def delete_expert(self, name: str) -> None:
         """Stop routing to it, let in-flight requests finish, then drop adapter and index."""

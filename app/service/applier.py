@@ -19,6 +19,7 @@ from app.replication.changes import (
     DocumentsUpserted,
     ExpertAdded,
     ExpertRemoved,
+    FusionWeightSet,
 )
 from app.service.batcher import MicroBatcher
 from app.service.embedding_cache import EmbeddingCache
@@ -63,6 +64,12 @@ class ChangeApplier:
             if change.name not in self.indexes:
                 return False
             return await asyncio.to_thread(self.indexes.get(change.name).delete, change.doc_id)
+        if isinstance(change, FusionWeightSet):
+            if change.name not in self.registry:
+                return None  # removed later in the log
+            return await asyncio.to_thread(
+                self.registry.set_fusion_weight, change.name, change.weight
+            )
         raise TypeError(f"not a change: {change!r}")
 
     async def _add_expert(self, change: ExpertAdded) -> Any:

@@ -26,9 +26,17 @@ class EncodeJob:
 @dataclass(frozen=True)
 class SearchJob:
     index: str
-    vectors: np.ndarray  # (n, dim)
+    vectors: np.ndarray | None  # (n, dim) for a dense search
     k: int
     with_text: bool
+    texts: Sequence[str] | None = None  # query texts for a lexical (BM25) search
+
+    @property
+    def lexical(self) -> bool:
+        return self.texts is not None
+
+    def __len__(self) -> int:
+        return len(self.texts) if self.texts is not None else len(self.vectors)  # type: ignore[arg-type]
 
 
 def encode_batch(encoder: QueryEncoder, replica: int = 0):
@@ -51,17 +59,22 @@ def encode_batch(encoder: QueryEncoder, replica: int = 0):
 
 def search_batch(indexes: IndexStore):
     def run(jobs: Sequence[SearchJob]) -> list[list[list[Hit]]]:
-        groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+        groups: dict[tuple[str, bool, bool], list[int]] = defaultdict(list)
         for i, job in enumerate(jobs):
-            groups[(job.index, job.with_text)].append(i)
+            groups[(job.index, job.with_text, job.lexical)].append(i)
         results: list[list[list[Hit]]] = [[] for _ in jobs]
-        for (name, with_text), members in groups.items():
+        for (name, with_text, lexical), members in groups.items():
             index = indexes.get(name)
             k = max(jobs[i].k for i in members)
-            hits = index.search(np.concatenate([jobs[i].vectors for i in members]), k, with_text)
+            if lexical:
+                texts = [t for i in members for t in jobs[i].texts or ()]
+                hits = index.lexical_search(texts, k, with_text)
+            else:
+                vectors = np.concatenate([jobs[i].vectors for i in members])
+                hits = index.search(vectors, k, with_text)
             start = 0
             for i in members:
-                n = len(jobs[i].vectors)
+                n = len(jobs[i])
                 results[i] = [row[: jobs[i].k] for row in hits[start : start + n]]
                 start += n
         return results

@@ -9,13 +9,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from app.core.fusion import RankedHit, fuse_plans
+from app.core.fusion import RankedHit, rank_query
 from app.core.names import AUTO, BASE_EXPERT, check_name
-from app.core.planning import Key, Plan, SearchOptions, encoders_for, search_jobs
+from app.core.planning import (
+    Key,
+    Plan,
+    SearchOptions,
+    encoders_for,
+    lexical_jobs,
+    search_jobs,
+)
 from app.core.router import Router, RoutingDecision
 from app.core.text import blank, not_utf8
 from app.encoder import BASE
@@ -254,10 +261,11 @@ class RetrievalService:
         with self.registry.routed_lease(plan) as (decisions, plans):
             route_ms = _ms(started)
             t_encode = time.perf_counter()
-            vectors = await self._plan_vectors(queries, plans, base)
+            lexical_only = options.mode == "lexical"  # routed for its targets, never embedded
+            vectors = {} if lexical_only else await self._plan_vectors(queries, plans, base)
             encode_ms = _ms(t_encode)
             t_search = time.perf_counter()
-            ranked = await self._search_plans(plans, vectors, options)
+            ranked = await self._search_plans(queries, plans, vectors, options)
             search_ms = _ms(t_search)
         timing = {
             "route": route_ms,
@@ -276,9 +284,15 @@ class RetrievalService:
         filling: list[dict[str, Progress]] = [{} for _ in plans]
         if not self.progress.snapshot():
             return filling
-        for name, keys in search_jobs(plans, options, self.indexes.names()).items():
+        names = self.indexes.names()
+        searched: dict[str, set[int]] = {}
+        for name, keys in search_jobs(plans, options, names).items():
+            searched.setdefault(name, set()).update(qi for qi, _ in keys)
+        for name, lexical in lexical_jobs(plans, options, names).items():
+            searched.setdefault(name, set()).update(lexical)
+        for name, queries in searched.items():
             if (state := self.progress.filling(name)) is not None:
-                for qi, _ in keys:
+                for qi in queries:
                     filling[qi][name] = state
         return filling
 
@@ -299,21 +313,71 @@ class RetrievalService:
 
     async def _search_plans(
         self,
+        queries: Sequence[str],
         plans: list[Plan],
         vectors: dict[Key, np.ndarray],
         options: SearchOptions,
     ) -> list[list[RankedHit]]:
-        # The core groups every (query, expert) vector by the index it searches: one
-        # batched FAISS call per index, then the core's fusion.
-        jobs = search_jobs(plans, options, self.indexes.names())
-        per_index = await asyncio.gather(
-            *(self._search_index(name, keys, vectors, options) for name, keys in jobs.items())
+        # The core groups every (query, expert) vector by the index it searches (one batched
+        # FAISS call per index) and every query text by the indexes its lexical leg searches
+        # (one BM25 call per index); then the core ranks each query.
+        names = self.indexes.names()
+        # Hybrid legs go without text: only the fused top k fetch theirs.
+        with_text = options.include_text and options.mode == "dense"
+        dense_jobs = search_jobs(plans, options, names)
+        lexical = lexical_jobs(plans, options, names)
+        found: list[dict] = await asyncio.gather(
+            *(
+                self._search_index(n, keys, vectors, options, with_text)
+                for n, keys in dense_jobs.items()
+            ),
+            *(self._search_lexical(n, qis, queries, options) for n, qis in lexical.items()),
         )
-        lists: dict[Key, list[Hit]] = {}
-        for result in per_index:
+        dense_lists: dict[Key, list[Hit]] = {}
+        for result in found[: len(dense_jobs)]:
             for key, hits in result.items():
-                lists.setdefault(key, []).extend(hits)
-        return fuse_plans(plans, lists, options.k)
+                dense_lists.setdefault(key, []).extend(hits)
+        lexical_lists: dict[int, list[Hit]] = {}
+        for result in found[len(dense_jobs) :]:
+            for qi, hits in result.items():
+                lexical_lists.setdefault(qi, []).extend(hits)
+        ranked = [
+            rank_query(
+                queries[qi],
+                plan,
+                {e: dense_lists.get((qi, e), []) for e in plan},
+                lexical_lists.get(qi, []),
+                options,
+                self.registry.fusion_weights,
+            )
+            for qi, plan in enumerate(plans)
+        ]
+        if options.include_text and not with_text:
+            ranked = await asyncio.to_thread(self._with_text, ranked)
+        return ranked
+
+    def _with_text(self, ranked: list[list[RankedHit]]) -> list[list[RankedHit]]:
+        """The fused hits with their documents' text (one lookup per index)."""
+        wanted: dict[str, set[str]] = {}
+        for hits in ranked:
+            for item in hits:
+                wanted.setdefault(item.hit.index, set()).add(item.hit.id)
+        stored: dict[tuple[str, str], Hit] = {}
+        for name, ids in wanted.items():
+            try:
+                found = self.indexes.get(name).fetch(sorted(ids))
+            except NotFound:  # dropped meanwhile: its hits keep no text
+                continue
+            stored.update({(name, doc_id): hit for doc_id, hit in found.items()})
+        return [
+            [
+                replace(item, hit=replace(stored[key], score=item.hit.score))
+                if (key := (item.hit.index, item.hit.id)) in stored
+                else item
+                for item in hits
+            ]
+            for hits in ranked
+        ]
 
     async def _search_index(
         self,
@@ -321,11 +385,12 @@ class RetrievalService:
         keys: list[Key],
         vectors: dict[Key, np.ndarray],
         options: SearchOptions,
+        with_text: bool,
     ) -> dict[Key, list[Hit]]:
         try:
             self.indexes.get(name)
             job = SearchJob(
-                name, np.stack([vectors[key] for key in keys]), options.k, options.include_text
+                name, np.stack([vectors[key] for key in keys]), options.dense_depth, with_text
             )
             hits = await self.search_batcher.submit(job, size=len(keys))
         except NotFound:
@@ -333,3 +398,17 @@ class RetrievalService:
                 raise
             return {}  # an index dropped mid-request simply contributes nothing
         return dict(zip(keys, hits, strict=True))
+
+    async def _search_lexical(
+        self, name: str, positions: list[int], queries: Sequence[str], options: SearchOptions
+    ) -> dict[int, list[Hit]]:
+        depth = options.k if options.mode == "lexical" else max(options.k, options.candidates)
+        try:
+            self.indexes.get(name)
+            job = SearchJob(name, None, depth, False, texts=[queries[qi] for qi in positions])
+            hits = await self.search_batcher.submit(job, size=len(positions))
+        except NotFound:
+            if name == options.index:
+                raise
+            return {}
+        return dict(zip(positions, hits, strict=True))

@@ -195,6 +195,49 @@ def register(cli: typer.Typer) -> None:
         extra = train_multitask(sets, out, cache_dir, _config(max_steps=max_steps, seed=seed))
         typer.echo(json.dumps({"multitask": extra["metrics"] | {"history": None}}))
 
+    @cli.command("tune-fusion")
+    def tune_fusion_command(
+        benchmark: Path = typer.Option(None, help="benchmark.json (default: RR_DATASETS_DIR)."),
+        max_queries: int = typer.Option(400, help="Train queries per domain (cost cap)."),
+        experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
+        cache_dir: Path = typer.Option(None, help=CACHE_HELP),
+    ) -> None:
+        """Learn hybrid search's dense weights on TRAIN queries: one per expert (in its
+        expert.json) and the per-query fallback model (experts/fusion.json)."""
+        from app.data.beir import load_benchmark
+        from app.experts.artifacts import list_expert_dirs, read_expert, update_spec, write_fusion
+        from app.training import fusion
+        from app.training.build_pilots import expert_encoder
+
+        cli_logging()
+        experts_dir = experts_dir or cli_settings().experts_dir
+        experts = {p.name: read_expert(p) for p in list_expert_dirs(experts_dir)}
+        learned = fusion.tune(
+            load_benchmark(benchmark_path(benchmark)),
+            sorted(experts),
+            expert_encoder(experts_dir),
+            embedding_cache(cache_dir),
+            max_queries,
+        )
+        for name, weight in learned["weights"].items():
+            update_spec(experts[name], fusion_weight=weight)
+        write_fusion(
+            experts_dir,
+            {
+                "fallback": learned["fallback"].to_json(),
+                "features": list(fusion.FEATURES),
+                "max_queries": max_queries,
+                "expert_weights": learned["weights"],
+                "train_ndcg@10": learned["train_ndcg"],
+                "leave_one_domain_out": learned["cross_validation"],
+            },
+        )
+        for name, row in learned["train_ndcg"].items():
+            weight = learned["weights"][name]
+            typer.echo(f"{name:32s} weight {weight:.2f}  train nDCG@10 {row}")
+        for name, row in learned["cross_validation"].items():
+            typer.echo(f"fallback model, {name} held out: {row}")
+
     @cli.command("build-pilots")
     def build_pilots_command(
         benchmark: Path = typer.Option(None, help="benchmark.json (default: RR_DATASETS_DIR)."),

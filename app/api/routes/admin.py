@@ -10,7 +10,13 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from app.api.deps import AdminDep, CatalogDep, require_admin
 from app.api.errors import ERROR_RESPONSES
 from app.api.routes.experts import describe
-from app.api.schemas import DocumentsRequest, DocumentsResponse, ExpertName, ExpertOut
+from app.api.schemas import (
+    DocumentsRequest,
+    DocumentsResponse,
+    ExpertName,
+    ExpertOut,
+    FusionWeightIn,
+)
 from app.core.names import NAME_PATTERN
 from app.errors import InvalidAdapter, InvalidInput
 from app.index import Document
@@ -65,6 +71,16 @@ async def delete_expert(name: ExpertName, admin: AdminDep) -> Response:
     """Remove an expert, its adapter and its index; requests already running finish first."""
     await admin.delete_expert(name)
     return Response(status_code=204)
+
+
+@router.put("/experts/{name}/fusion", response_model=ExpertOut)
+async def set_fusion_weight(
+    name: ExpertName, body: FusionWeightIn, admin: AdminDep, catalog: CatalogDep
+) -> ExpertOut:
+    """Set an expert's hybrid dense weight (`rr tune-fusion` learns one from train queries;
+    an expert registered over HTTP has none until set: its queries use the per-query model)."""
+    await admin.set_fusion_weight(name, body.weight)
+    return describe(catalog.get(name))
 
 
 @router.put("/experts/{name}/documents", response_model=DocumentsResponse)

@@ -23,6 +23,7 @@ def describe(info: ExpertInfo) -> ExpertOut:
         pilot_count=spec.pilot_count,
         adapter_sha256=spec.adapter_sha256,
         fallback_threshold=spec.fallback_threshold,
+        fusion_weight=spec.fusion_weight,
         documents=info.documents,
         resident=info.resident,
         state="ready" if info.indexing is None else "indexing",

@@ -38,7 +38,15 @@ def _observe(request: Request, results: list[SearchResult], started: float) -> N
 
 
 def _options(body: SearchOptionsIn) -> SearchOptions:
-    return SearchOptions(body.k, body.expert, body.index, body.top_experts, body.include_text)
+    return SearchOptions(
+        body.k,
+        body.expert,
+        body.index,
+        body.top_experts,
+        body.include_text,
+        mode=body.mode,
+        fusion=body.fusion,
+    )
 
 
 def _routing(decision: RoutingDecision) -> RoutingOut:
@@ -60,6 +68,8 @@ def _response(result: SearchResult, include_text: bool) -> SearchResponse:
             title=r.hit.title if include_text else None,
             text=r.hit.text if include_text else None,
             metadata=r.hit.metadata if include_text else None,
+            dense_score=r.dense,
+            lexical_score=r.lexical,
         )
         for r in result.hits
     ]
@@ -79,9 +89,14 @@ async def search(body: SearchRequest, service: RetrievalDep, request: Request) -
     """Route the query to an expert, embed it with that expert, search, return ranked hits.
 
     `expert`: "auto" routes; "base" or a name forces the encoder. `index` pins the collection
-    searched. `top_experts > 1` searches the n best experts' indexes and fuses the lists by
-    reciprocal rank (score = sum of 1/(60 + rank)). On fallback (no expert close enough) the
-    base encoder searches every index and hits are merged by cosine score.
+    searched. `top_experts > 1` searches the n best experts' indexes and fuses the dense lists
+    by reciprocal rank (score = sum of 1/(60 + rank)). On fallback (no expert close enough)
+    the base encoder searches every index and hits are merged by cosine score.
+
+    `mode` "hybrid" (default) also searches the same indexes by BM25 and fuses the two lists:
+    `score = w * dense + (1 - w) * lexical`, each leg min-max normalised over its top 100;
+    `w` is the routed expert's learned weight, or on fallback a weight chosen per query from
+    its own evidence. Each hit reports its raw `dense_score` and `lexical_score`.
     """
     started = time.perf_counter()
     [result] = await service.search([body.query], _options(body))

@@ -1,0 +1,233 @@
+"""`rr tune-fusion`: the dense weight of hybrid search, learned on TRAIN queries only.
+
+Per domain, each train query is searched through the retrieval core (`rank_query`, as
+`/v1/search` does) on its own domain's index: the dense leg embedded by the domain's expert
+(for that expert's weight) and by the base model (for the fallback model), the lexical leg
+by BM25, and the two fused at every weight of a grid. Then:
+
+- each expert's weight: the grid weight with the best mean nDCG@10 on its domain;
+- the fallback model (`QueryWeights`): a per-query weight from the query's own evidence
+  (`app.core.hybrid.FEATURES`), fitted to the base-encoder queries of every domain, each
+  domain weighing equally. Leave-one-domain-out cross-validation compares it with one
+  constant weight, as a stand-in for collections no expert has seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from app.core.documents import Document
+from app.core.fusion import fuse
+from app.core.hybrid import CANDIDATES, FEATURES, QueryWeights, convex, query_features
+from app.core.lexical import query_terms
+from app.core.names import BASE_EXPERT
+from app.core.ranking import ndcg_of_ids
+
+if TYPE_CHECKING:
+    from app.data.beir import Benchmark
+    from app.encoder.lora_encoder import LoraEncoder
+
+log = logging.getLogger(__name__)
+GRID = np.round(np.linspace(0.0, 1.0, 21), 2)  # dense weights tried
+
+
+@dataclass
+class FusionTable:
+    """One domain's train queries: nDCG@10 at every grid weight, per encoder, and the
+    features each query carries (per encoder)."""
+
+    domain: str
+    ndcg: dict[str, np.ndarray]  # encoder -> (n_queries, len(GRID))
+    features: dict[str, np.ndarray]  # encoder -> (n_queries, len(FEATURES))
+
+
+def domain_table(
+    name: str,
+    index: Any,
+    texts: Sequence[str],
+    relevant: Sequence[dict[str, int]],
+    encoded: dict[str, np.ndarray],
+    k: int = 10,
+) -> FusionTable:
+    """nDCG@k of each query at every weight of GRID, for each encoder in `encoded`."""
+    lexical = index.lexical_search(list(texts), CANDIDATES, with_text=False)
+    ndcg, features = {}, {}
+    for encoder, vectors in encoded.items():
+        dense = index.search(vectors, CANDIDATES, with_text=False)
+        table = np.zeros((len(texts), len(GRID)))
+        rows = []
+        for qi, text in enumerate(texts):
+            dense_list = fuse([(encoder, dense[qi])], CANDIDATES)
+            rows.append(
+                [
+                    query_features(dense_list, lexical[qi], len(query_terms(text)))[f]
+                    for f in FEATURES
+                ]
+            )
+            for wi, weight in enumerate(GRID):
+                ranked = convex(dense_list, lexical[qi], float(weight), k)
+                table[qi, wi] = ndcg_of_ids([h.hit.id for h in ranked], relevant[qi], k)
+        ndcg[encoder] = table
+        features[encoder] = np.asarray(rows, dtype=np.float64)
+    return FusionTable(name, ndcg, features)
+
+
+def best_weight(table: np.ndarray) -> float:
+    """The grid weight with the best mean; ties go to the weight nearest 0.5."""
+    means = table.mean(axis=0)
+    best = np.flatnonzero(means >= means.max() - 1e-12)
+    return float(GRID[best[np.argmin(np.abs(GRID[best] - 0.5))]])
+
+
+def _interp(table: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each query's nDCG at its own weight, linear between grid points."""
+    position = np.clip(weights, 0.0, 1.0) * (len(GRID) - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, len(GRID) - 1)
+    frac = position - low
+    rows = np.arange(len(table))
+    return table[rows, low] * (1 - frac) + table[rows, high] * frac
+
+
+def _objective(model: QueryWeights, tables: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Mean over domains of the mean nDCG at the model's weights."""
+    scores = []
+    for ndcg, feats in tables:
+        weights = np.array([model.weight(dict(zip(FEATURES, row, strict=True))) for row in feats])
+        scores.append(float(_interp(ndcg, weights).mean()))
+    return float(np.mean(scores))
+
+
+def fit_query_weights(
+    tables: Sequence[tuple[np.ndarray, np.ndarray]], l2: float = 0.001
+) -> QueryWeights:
+    """The sigmoid model maximising the domain-balanced mean nDCG@10.
+
+    Features are standardised for the search (Nelder-Mead, unit initial steps, a few
+    starting biases; a small L2 keeps coefficients modest), then folded back so the model
+    reads raw features.
+    """
+    from scipy.optimize import minimize
+
+    pooled = np.concatenate([feats for _, feats in tables])
+    mean, scale = pooled.mean(axis=0), pooled.std(axis=0) + 1e-9
+    data = [(ndcg, (feats - mean) / scale) for ndcg, feats in tables]
+
+    def loss(theta: np.ndarray) -> float:
+        scores = [
+            _interp(ndcg, 1.0 / (1.0 + np.exp(-(theta[0] + feats @ theta[1:])))).mean()
+            for ndcg, feats in data
+        ]
+        return -float(np.mean(scores)) + l2 * float(np.sum(theta[1:] ** 2))
+
+    best = None
+    size = len(FEATURES) + 1
+    for bias in (-0.5, 0.0, 0.5, 1.0):
+        x0 = np.concatenate([[bias], np.zeros(len(FEATURES))])
+        simplex = np.vstack([x0, x0 + np.eye(size)])
+        fitted = minimize(
+            loss,
+            x0,
+            method="Nelder-Mead",
+            options={"initial_simplex": simplex, "maxiter": 4000, "xatol": 1e-3, "fatol": 1e-6},
+        )
+        if best is None or fitted.fun < best.fun:
+            best = fitted
+    assert best is not None
+    coefs = best.x[1:] / scale
+    bias = float(best.x[0] - np.sum(coefs * mean))
+    return QueryWeights(bias, dict(zip(FEATURES, map(float, coefs), strict=True)))
+
+
+def cross_validate(tables: dict[str, FusionTable]) -> dict[str, dict[str, float]]:
+    """Leave one domain out: its base-encoder queries at the constant weight and at the
+    model fitted on the other domains, against dense only (weight 1) and lexical only."""
+    out = {}
+    for held in tables:
+        rest = [
+            (t.ndcg[BASE_EXPERT], t.features[BASE_EXPERT]) for n, t in tables.items() if n != held
+        ]
+        constant = QueryWeights.constant(best_weight(np.concatenate([t for t, _ in rest])))
+        model = fit_query_weights(rest)
+        mine = [(tables[held].ndcg[BASE_EXPERT], tables[held].features[BASE_EXPERT])]
+        table = tables[held].ndcg[BASE_EXPERT]
+        out[held] = {
+            "dense": round(float(table[:, -1].mean()), 4),
+            "lexical": round(float(table[:, 0].mean()), 4),
+            "constant": round(_objective(constant, mine), 4),
+            "model": round(_objective(model, mine), 4),
+        }
+    return out
+
+
+def train_queries(entry: Any, max_queries: int) -> tuple[list[str], list[dict[str, int]]]:
+    """Up to `max_queries` train queries with positives (a fixed hash-ordered subset)."""
+    from app.data.beir import load_qrels, load_queries, positive_qrels
+
+    qrels = positive_qrels(load_qrels(entry.train_qrels))
+    queries = load_queries(entry.directory)
+    ids = sorted(q for q in qrels if queries.get(q, "").strip())
+    ids = sorted(ids, key=lambda q: hashlib.sha1(f"fusion:{q}".encode()).hexdigest())
+    ids = ids[:max_queries]
+    return [queries[q] for q in ids], [qrels[q] for q in ids]
+
+
+def domain_index(entry: Any, encoder: LoraEncoder, cache_dir: Path) -> Any:
+    """An in-memory index of a domain's corpus (cached base-encoder document vectors)."""
+    from app.data.beir import load_corpus
+    from app.data.doc_embeddings import document_embeddings
+    from app.index.memory import MemoryIndex
+
+    doc_ids, matrix = document_embeddings(entry.directory, encoder, cache_dir)
+    corpus = load_corpus(entry.directory)
+    documents = [Document(d["_id"], d["text"], d["title"]) for d in corpus]
+    return MemoryIndex.of_vectors(entry.name, doc_ids, matrix, documents)
+
+
+def tune(
+    benchmark: Benchmark,
+    experts: list[str],
+    encoder: LoraEncoder,
+    cache_dir: Path,
+    max_queries: int = 400,
+) -> dict[str, Any]:
+    """Tables for every expert domain, each expert's weight, the fallback model and the
+    cross-validation that justifies it."""
+    tables: dict[str, FusionTable] = {}
+    for entry in benchmark.experts:
+        if entry.name not in experts or entry.train_qrels is None:
+            continue
+        texts, relevant = train_queries(entry, max_queries)
+        if not texts:
+            continue
+        index = domain_index(entry, encoder, cache_dir)
+        encoded = {
+            BASE_EXPERT: encoder.encode(texts),
+            entry.name: encoder.encode(texts, [entry.name] * len(texts)),
+        }
+        tables[entry.name] = domain_table(entry.name, index, texts, relevant, encoded)
+        log.info("fusion table for %s: %d train queries", entry.name, len(texts))
+    weights = {n: best_weight(t.ndcg[n]) for n, t in tables.items()}
+    model = fit_query_weights(
+        [(t.ndcg[BASE_EXPERT], t.features[BASE_EXPERT]) for t in tables.values()]
+    )
+    return {
+        "weights": weights,
+        "fallback": model,
+        "cross_validation": cross_validate(tables),
+        "train_ndcg": {
+            n: {
+                "dense": round(float(t.ndcg[n][:, -1].mean()), 4),
+                "lexical": round(float(t.ndcg[n][:, 0].mean()), 4),
+                "hybrid": round(float(t.ndcg[n][:, list(GRID).index(weights[n])].mean()), 4),
+            }
+            for n, t in tables.items()
+        },
+    }
