@@ -3,13 +3,15 @@
 Builds an experts directory in a temp dir (one expert per expert dataset of the benchmark,
 or copies of the trained experts in `experts/`), each with an index of random unit vectors,
 starts `python -m app.cli serve` on 127.0.0.1 and drives it with `bench.loadgen` at several
-concurrencies. Queries are the TEST queries of the benchmark's expert datasets (speed only;
-nothing is learned from them). Variants, all in one run:
+concurrencies. Each index's documents carry real text (its domain's corpus, cycled to fill
+the index) so the lexical leg costs what it would. Queries are the TEST queries of the
+benchmark's expert datasets (speed only; nothing is learned from them). Variants, all in one run:
 
-    a  routed search        /v1/search expert=auto, mixed traffic from all expert domains
+    a  routed search        /v1/search expert=auto mode=dense, mixed traffic from all domains
+    h  routed hybrid        as (a) with mode=hybrid (the default): BM25 leg and fusion too
     b  routed, one expert   as (a), on a gateway holding one trained expert and no fallback:
                             the same two passes, every query routed to that one expert
-    c  base only            /v1/search expert=base, index=<first expert's index> pinned
+    c  base only            /v1/search expert=base mode=dense, index=<first expert's> pinned
     d  unbatched            as (a), server started with RR_MAX_BATCH=1 RR_MAX_WAIT_MS=0
     e  embeddings           /v1/embeddings model=base, ours vs Infinity (same MiniLM weights)
 
@@ -51,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATASETS = ROOT / os.environ.get("RR_DATASETS_DIR", "../shared/datasets")
 VARIANT_LABELS = {
     "a": "(a) routed search",
+    "h": "(h) routed hybrid",
     "b": "(b) routed, one expert",
     "c": "(c) base only",
     "d": "(d) unbatched routed",
@@ -70,6 +73,7 @@ class Domain:
     name: str
     test: list[str]  # test query texts (load-test inputs)
     train: list[str]  # train query texts (pilot centroids of synthetic experts)
+    corpus: list[tuple[str, str]] = field(default_factory=list)  # (title, text) per document
 
 
 def _qrel_ids(path: Path) -> set[str]:
@@ -99,7 +103,13 @@ def load_domains(datasets_dir: Path) -> list[Domain]:
             [texts[i] for i in sorted(_qrel_ids(folder / splits[s])) if i in texts]
             for s in ("test", "train")
         )
-        domains.append(Domain(name, test, train))
+        corpus = []
+        with open(folder / "corpus.jsonl") as handle:
+            for line in handle:
+                if line.strip():
+                    row = json.loads(line)
+                    corpus.append((row.get("title") or "", row.get("text") or ""))
+        domains.append(Domain(name, test, train, corpus))
     return domains
 
 
@@ -179,14 +189,21 @@ def build_experts(
             f"of <= {pilot_queries} of the dataset's train queries"
         )
     store = IndexStore(root / "indexes", encoder.dim)
+    texts = {d.name: d.corpus for d in domains}
     for name in names:
         vectors = rng.normal(size=(docs, encoder.dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        store.open(name).upsert(
-            [Document(f"{name}-{j}", f"document {j} of {name}") for j in range(docs)], vectors
-        )
+        corpus = texts.get(name) or [("", f"document of {name}")]
+        documents = [
+            Document(f"{name}-{j}", corpus[j % len(corpus)][1], corpus[j % len(corpus)][0])
+            for j in range(docs)
+        ]
+        store.open(name).upsert(documents, vectors)
     store.close()
-    return names, described + f"; each index {docs:,} random unit vectors (flat inner product)"
+    return names, described + (
+        f"; each index {docs:,} documents: random unit vectors (flat inner product) with the "
+        "text of its domain's corpus (cycled to fill it), so BM25 costs what it would"
+    )
 
 
 def single_expert_root(root: Path, names: list[str]) -> tuple[Path, str]:
@@ -432,6 +449,15 @@ def table(runs: list[Run]) -> str:
 
 
 def ratios(runs: dict[str, Run], at: int) -> list[str]:
+    def p50_at_c1(num: str, den: str, what: str) -> str:
+        a, b = runs.get(num), runs.get(den)
+        pa, pb = (a.at(1) if a else None), (b.at(1) if b else None)
+        label = f"{VARIANT_LABELS[num]} / {VARIANT_LABELS[den]} at c=1"
+        if not pa or not pb or pb.p50_ms == 0:
+            return f"- {label} ({what}): n/a (a variant or c=1 is missing)"
+        ratio = pa.p50_ms / pb.p50_ms
+        return f"- {label} ({what}): p50 x{ratio:.2f} ({pa.p50_ms:.1f} / {pb.p50_ms:.1f} ms)"
+
     def ratio(num: str, den: str, what: str) -> str:
         a, b = runs.get(num), runs.get(den)
         pa, pb = (a.at(at) if a else None), (b.at(at) if b else None)
@@ -444,6 +470,8 @@ def ratios(runs: dict[str, Run], at: int) -> list[str]:
         )
 
     return [
+        ratio("h", "a", "cost of the lexical leg and fusion"),
+        p50_at_c1("h", "a", "hybrid vs dense, one client at a time"),
         ratio("a", "c", "cost of routing + expert pass"),
         ratio("a", "b", "mixed-expert vs single-expert traffic"),
         ratio("a", "d", "gain from the batching settings"),
@@ -528,7 +556,7 @@ def main(
     ] = 1000,
     concurrency: Annotated[str, Opt(help="Comma-separated concurrency levels.")] = "1,8,32,64",
     quick: Annotated[bool, Opt("--quick", help="Smoke run: 200 requests, c = 1 and 32.")] = False,
-    variants: Annotated[str, Opt(help="Subset of a,b,c,d,e to run.")] = "a,b,c,d,e",
+    variants: Annotated[str, Opt(help="Subset of a,h,b,c,d,e to run.")] = "a,h,b,c,d,e",
     docs: Annotated[int, Opt(help="Documents (random unit vectors) per expert index.")] = 10_000,
     experts: Annotated[
         str,
@@ -570,7 +598,7 @@ def main(
     # request pays for its forward passes.
     server_env = {} if cache else {"RR_EMBEDDING_CACHE_SIZE": "0"}
     wanted = {v.strip() for v in variants.split(",") if v.strip()}
-    unknown = wanted - set("abcde")
+    unknown = wanted - set("ahbcde")
     if unknown:
         raise typer.BadParameter(f"unknown variants {sorted(unknown)}", param_hint="--variants")
     ratio_at = 32 if 32 in levels else max(levels)
@@ -596,9 +624,13 @@ def main(
         print(f"built {source} in {time.perf_counter() - started:.0f}s", flush=True)
         one = names[0]
         bodies = {
-            "a": encode_bodies([{"query": q, "k": 10} for q in queries]),
+            "a": encode_bodies([{"query": q, "k": 10, "mode": "dense"} for q in queries]),
+            "h": encode_bodies([{"query": q, "k": 10, "mode": "hybrid"} for q in queries]),
             "c": encode_bodies(
-                [{"query": q, "k": 10, "expert": "base", "index": one} for q in queries]
+                [
+                    {"query": q, "k": 10, "expert": "base", "index": one, "mode": "dense"}
+                    for q in queries
+                ]
             ),
             "e": encode_bodies([{"input": q, "model": "base"} for q in queries]),
             "i": encode_bodies([{"input": q, "model": INFINITY_MODEL} for q in queries]),
@@ -616,12 +648,14 @@ def main(
             if server.process.poll() is not None:
                 notes.append(f"{run.label}: server exited ({server.process.returncode}) during it")
 
-        if wanted & set("ace"):
+        if wanted & set("ahce"):
             log = root / "gateway.log"
             with gateway(root, log, server_env) as server:
                 print(f"gateway up at {server.base_url} ({len(names)} experts)", flush=True)
                 if "a" in wanted:
                     measure("a", server, SEARCH, tally)
+                if "h" in wanted:
+                    measure("h", server, SEARCH)
                 if "c" in wanted:
                     measure("c", server, SEARCH)
                 if "e" in wanted:
@@ -660,7 +694,7 @@ def main(
             infinity_status = "skipped (--infinity-dtype none)"
 
     facts["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    ordered = [runs[k] for k in "abcdei" if k in runs]
+    ordered = [runs[k] for k in "ahbcdei" if k in runs]
     lines = ratios(runs, ratio_at)
     text = table(ordered)
     print("\n" + text + f"\n\nRatios at c={ratio_at}:\n" + "\n".join(lines))

@@ -131,8 +131,9 @@ def test_search_modes_and_embeddings(client: TestClient, adapter_a: Path, adapte
     assert {h["index"] for h in pinned["hits"]} == {"aero"}
     assert pinned["hits"][0]["expert"] == "code"
 
-    # top_experts=2 fuses both experts' lists by reciprocal rank.
-    fused = client.post("/v1/search", json={"query": query, "top_experts": 2, "k": 4}).json()
+    # top_experts=2 fuses both experts' dense lists by reciprocal rank.
+    options = {"query": query, "top_experts": 2, "k": 4, "mode": "dense"}
+    fused = client.post("/v1/search", json=options).json()
     assert {h["index"] for h in fused["hits"]} == {"aero", "code"}
     assert fused["hits"][0]["id"] == "c1" and fused["hits"][0]["score"] == pytest.approx(1 / 61)
 

@@ -1,8 +1,9 @@
 """`rr eval`'s service setting runs what `/v1/search` runs: same hits, same order.
 
 The gateway searches FAISS indexes over its SQLite store; the eval runs the same core
-(planning, fusion) over in-memory indexes holding the same document embeddings. For every
-`expert` / `index` / `top_experts` option the two rankings must agree.
+(planning, fusion, hybrid) over in-memory indexes holding the same documents and
+embeddings. For every `mode` / `expert` / `index` / `top_experts` option the two rankings
+must agree.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.app import create_app
+from app.core.documents import Document
 from app.core.planning import SearchOptions, encoders_for
 from app.encoder.documents import document_text
-from app.evaluation.runs import EvalSet, core_run
+from app.evaluation.runs import MISS, EvalSet, core_run
 from app.index.memory import MemoryIndex
 from tests.helpers import AUTH, adapter_files, make_adapter
 
@@ -84,25 +86,29 @@ def test_eval_service_run_equals_the_gateway(settings, adapters_root: str) -> No
         indexes = {}
         for name, docs in DOMAINS.items():
             vectors = encode([document_text(t, x) for _, t, x in docs])
-            indexes[name] = MemoryIndex.of_vectors(name, [i for i, _, _ in docs], vectors)
+            documents = [Document(i, x, t) for i, t, x in docs]
+            indexes[name] = MemoryIndex.of_vectors(
+                name, [d.id for d in documents], vectors, documents
+            )
         base = encode(QUERIES)
         decisions = ctx.registry.router.route(base)
         assert {d.expert for d in decisions} > {"base"}, [d.scores for d in decisions]
         dataset = EvalSet(
-            "aero", True, [], np.zeros((0, 384)), [str(i) for i in range(len(QUERIES))], [], {}
+            "aero", True, [], np.zeros((0, 384)), [str(i) for i in range(len(QUERIES))], QUERIES, {}
         )
         dataset.encoded = {"base": base} | {
             name: encode(QUERIES, [name] * len(QUERIES)) for name in adapters
         }
         checked = 0
-        for expert, index, top in itertools.product(
-            ["auto", "base", "code"], [None, "med"], [1, 2]
+        weights = ctx.registry.fusion_weights
+        for mode, expert, index, top in itertools.product(
+            ["hybrid", "dense", "lexical"], ["auto", "base", "code"], [None, "med"], [1, 2]
         ):
-            options = SearchOptions(k=5, expert=expert, index=index, top_experts=top)
+            options = SearchOptions(k=5, expert=expert, index=index, top_experts=top, mode=mode)
             pinned = [d if expert == "auto" else _pinned(expert) for d in decisions]
             plans = [encoders_for(d, options) for d in pinned]
-            run = core_run(dataset, plans, indexes, options)
-            body = {"queries": QUERIES, "k": 5, "expert": expert, "top_experts": top}
+            run = core_run(dataset, plans, indexes, options, weights=weights)
+            body = {"queries": QUERIES, "k": 5, "expert": expert, "top_experts": top, "mode": mode}
             if index is not None:
                 body["index"] = index
             response = client.post("/v1/search/batch", json=body)
@@ -112,11 +118,12 @@ def test_eval_service_run_equals_the_gateway(settings, adapters_root: str) -> No
                     h["id"] if h["index"] == "aero" else f"{h['index']}::{h['id']}"
                     for h in result["hits"]
                 ]
-                assert served == list(run[str(qi)]), (expert, index, top, qi)
+                expected = [d for d in run[str(qi)] if d != MISS]
+                assert served == expected, (mode, expert, index, top, qi)
                 scores = [h["score"] for h in result["hits"]]
-                assert np.allclose(scores, list(run[str(qi)].values()), atol=1e-5)
+                assert np.allclose(scores, [run[str(qi)][d] for d in expected], atol=1e-5)
                 checked += 1
-        assert checked == 12 * len(QUERIES)
+        assert checked == 36 * len(QUERIES)
 
 
 def _pinned(expert: str):

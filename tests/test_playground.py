@@ -90,7 +90,15 @@ def test_search_shows_the_routing_the_api_decides(browser, gateway: str, tmp_pat
         assert hit.get_attribute("data-expert") == decided["expert"]
     assert page.locator("#routing-chart .threshold").count() == 1
     assert "total" in page.inner_text("#timing")
+    # Hybrid by default: hits show both legs' scores; lexical mode shows BM25 only.
+    assert "dense" in page.inner_text("#hits li.hit .meta")
     _screenshot(page, tmp_path, "playground.png")
+    page.select_option("#mode", "lexical")
+    page.click("#search-button")
+    page.wait_for_function(
+        "!document.querySelector('#hits li.hit .meta').textContent.includes('dense')"
+    )
+    assert "BM25" in page.inner_text("#hits li.hit .meta")
     page.click("button[data-view=experts]")
     page.wait_for_selector("#experts-table tbody tr[data-expert=cranfield]")
     documents = page.inner_text("#experts-table tr[data-expert=cranfield] .documents")

@@ -120,7 +120,12 @@ function drawHits(hits) {
     list.append(el("li", { class: "hit", "data-expert": hit.expert },
       el("div", { class: "title" }, hit.title || hit.id),
       el("div", { class: "snippet" }, text.length > 240 ? `${text.slice(0, 240)}…` : text),
-      el("div", { class: "meta" }, `score ${hit.score.toFixed(4)} · index ${hit.index} · embedded by ${hit.expert} · id ${hit.id}`)));
+      el("div", { class: "meta" }, [
+        `score ${hit.score.toFixed(4)}`,
+        hit.dense_score != null ? `dense ${hit.dense_score.toFixed(4)}` : null,
+        hit.lexical_score != null ? `BM25 ${hit.lexical_score.toFixed(2)}` : null,
+        `index ${hit.index}`, `embedded by ${hit.expert}`, `id ${hit.id}`,
+      ].filter(Boolean).join(" · "))));
   }
 }
 
@@ -128,7 +133,10 @@ async function search(event) {
   event.preventDefault();
   const error = $("#search-error");
   error.hidden = true;
-  const body = { query: $("#query").value, expert: $("#expert").value, k: Number($("#k").value) || 10 };
+  const body = {
+    query: $("#query").value, expert: $("#expert").value, mode: $("#mode").value,
+    k: Number($("#k").value) || 10,
+  };
   try {
     const result = await call("POST", "/v1/search", { json: body });
     drawRouting(result.routing);
