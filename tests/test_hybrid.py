@@ -120,6 +120,8 @@ def test_query_weights() -> None:
     assert model.weight({"dense_top": 0.5}) > 0.99 and model.weight({"dense_top": -0.5}) < 0.01
     assert QueryWeights.constant(0.7).weight({"dense_top": 3.0}) == pytest.approx(0.7)
     assert QueryWeights.from_json(model.to_json()) == model
-    lookup = weights_lookup({"cosqa": 0.9, "new": None}, model)
+    routed = QueryWeights.constant(0.3)
+    lookup = weights_lookup({"cosqa": 0.9, "new": None}, model, routed)
     assert lookup("cosqa").weight({}) == pytest.approx(0.9)
-    assert lookup("new") is model and lookup("base") is model
+    assert lookup("new") is routed and lookup("base") is model
+    assert weights_lookup({}, model)("new") is model  # no routed model: the fallback one

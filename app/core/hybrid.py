@@ -7,9 +7,10 @@ lists (Bruch et al., "An Analysis of Fusion Functions for Hybrid Retrieval", TOI
 convex combination tuned on a few labelled queries beats reciprocal-rank fusion, which stays
 available as `fusion="rrf"`).
 
-The dense weight `w` comes from the expert that embedded the query (learned on its train
-queries) or, for fallback queries and experts without one, from `QueryWeights`: a weight
-per query from evidence the query carries, learned on train queries only.
+The dense weight `w` of a query comes from `QueryWeights` models over evidence the query
+carries (one for base-encoder, i.e. fallback, queries; one for routed queries), or from the
+routed expert's own constant weight where that won on its train queries; all learned on
+train queries only (`rr tune-fusion`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from app.core.documents import Hit
+from app.core.names import BASE_EXPERT
 
 Mode = Literal["hybrid", "dense", "lexical"]
 Fusion = Literal["convex", "rrf"]
@@ -157,13 +159,20 @@ class QueryWeights:
 
 
 def weights_lookup(
-    expert_weights: Mapping[str, float | None], fallback: QueryWeights
+    expert_weights: Mapping[str, float | None],
+    fallback: QueryWeights,
+    routed: QueryWeights | None = None,
 ) -> Callable[[str], QueryWeights]:
-    """Hybrid's dense weight for a query an encoder embedded: the expert's learned weight,
-    else (base, fallback, an expert without one) the per-query `fallback` model."""
+    """Hybrid's dense weight for a query an encoder embedded: the base model's (fallback)
+    queries use the `fallback` model; an expert's, its own weight if it has one, else the
+    `routed` model (the fallback model when there is none)."""
 
     def lookup(encoder: str) -> QueryWeights:
+        if encoder == BASE_EXPERT:
+            return fallback
         weight = expert_weights.get(encoder)
-        return fallback if weight is None else QueryWeights.constant(weight)
+        if weight is not None:
+            return QueryWeights.constant(weight)
+        return routed or fallback
 
     return lookup

@@ -144,7 +144,7 @@ def run_eval(
         adapter_locator,
         list_expert_dirs,
         read_expert,
-        read_fallback_weights,
+        read_fusion_models,
     )
 
     experts = {p.name: read_expert(p) for p in list_expert_dirs(experts_dir)}
@@ -183,7 +183,7 @@ def run_eval(
 
     names = sorted(experts)
     weights = weights_lookup(
-        {n: e.spec.fusion_weight for n, e in experts.items()}, read_fallback_weights(experts_dir)
+        {n: e.spec.fusion_weight for n, e in experts.items()}, *read_fusion_models(experts_dir)
     )
     thresholds = {n: experts[n].spec.fallback_threshold for n in names}
     pilots = {n: experts[n].pilots for n in names if len(experts[n].pilots)}

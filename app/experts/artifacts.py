@@ -168,13 +168,18 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def read_fallback_weights(experts_dir: Path) -> QueryWeights:
-    """The per-query dense-weight model for fallback queries and experts without a weight."""
+def read_fusion_models(experts_dir: Path) -> tuple[QueryWeights, QueryWeights | None]:
+    """Hybrid's per-query dense-weight models: (fallback queries, routed queries of experts
+    without their own weight); before `rr tune-fusion`, one constant weight."""
     try:
         raw = json.loads((experts_dir / FUSION).read_text())
-        return QueryWeights.from_json(raw["fallback"])
     except FileNotFoundError:
-        return QueryWeights.constant(DEFAULT_DENSE_WEIGHT)
+        return QueryWeights.constant(DEFAULT_DENSE_WEIGHT), None
+    routed = raw.get("routed")
+    return (
+        QueryWeights.from_json(raw["fallback"]),
+        None if routed is None else QueryWeights.from_json(routed),
+    )
 
 
 def write_fusion(experts_dir: Path, payload: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from app.experts.artifacts import (
     adapter_locator,
     list_expert_dirs,
     read_expert,
-    read_fallback_weights,
+    read_fusion_models,
     remove_expert,
     update_spec,
     write_expert,
@@ -48,14 +48,17 @@ class ExpertRegistry:
         self._pending_removal: set[str] = set()
         self._lock = threading.Condition()
         self.router = Router({}, aggregation, threshold)
-        self.fallback_weights = QueryWeights.constant(DEFAULT_DENSE_WEIGHT)
+        self.fusion_models: tuple[QueryWeights, QueryWeights | None] = (
+            QueryWeights.constant(DEFAULT_DENSE_WEIGHT),
+            None,
+        )
 
     # -- reads ---------------------------------------------------------------------------
 
     def load_all(self) -> list[str]:
         with self._lock:
             self._experts = {p.name: read_expert(p) for p in list_expert_dirs(self.experts_dir)}
-            self.fallback_weights = read_fallback_weights(self.experts_dir)
+            self.fusion_models = read_fusion_models(self.experts_dir)
             self._rebuild_router()
             return self.names()
 
@@ -72,11 +75,10 @@ class ExpertRegistry:
             raise NotFound(f"expert {name!r} not found") from None
 
     def fusion_weights(self, encoder: str) -> QueryWeights:
-        """Hybrid's dense weight for a query `encoder` embedded: the expert's learned weight,
-        else (base, fallback, an expert without one) the per-query model."""
+        """Hybrid's dense weight for a query `encoder` embedded (`weights_lookup`)."""
         expert = self._experts.get(encoder)
         weight = None if expert is None else expert.spec.fusion_weight
-        return weights_lookup({encoder: weight}, self.fallback_weights)(encoder)
+        return weights_lookup({encoder: weight}, *self.fusion_models)(encoder)
 
     def set_fusion_weight(self, name: str, weight: float | None) -> Expert:
         """Set (None: clear) an expert's hybrid dense weight, persisted in its expert.json."""

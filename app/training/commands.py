@@ -204,6 +204,7 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """Learn hybrid search's dense weights on TRAIN queries: one per expert (in its
         expert.json) and the per-query fallback model (experts/fusion.json)."""
+        from app.core.router import Router
         from app.data.beir import load_benchmark
         from app.experts.artifacts import list_expert_dirs, read_expert, update_spec, write_fusion
         from app.training import fusion
@@ -212,29 +213,39 @@ def register(cli: typer.Typer) -> None:
         cli_logging()
         experts_dir = experts_dir or cli_settings().experts_dir
         experts = {p.name: read_expert(p) for p in list_expert_dirs(experts_dir)}
+        settings = cli_settings()
+        router = Router(
+            {n: e.pilots for n, e in experts.items()},
+            settings.router_aggregation,
+            settings.router_fallback_threshold,
+            {n: e.spec.fallback_threshold for n, e in experts.items()},
+        )
         learned = fusion.tune(
             load_benchmark(benchmark_path(benchmark)),
             sorted(experts),
             expert_encoder(experts_dir),
             embedding_cache(cache_dir),
+            router,
             max_queries,
         )
         for name, weight in learned["weights"].items():
-            update_spec(experts[name], fusion_weight=weight)
+            extra = {**experts[name].spec.extra, "fusion": learned["choice"][name]}
+            update_spec(experts[name], fusion_weight=weight, extra=extra)
         write_fusion(
             experts_dir,
             {
                 "fallback": learned["fallback"].to_json(),
+                "routed": learned["routed"].to_json(),
                 "features": list(fusion.FEATURES),
                 "max_queries": max_queries,
                 "expert_weights": learned["weights"],
+                "expert_choice": learned["choice"],
                 "train_ndcg@10": learned["train_ndcg"],
-                "leave_one_domain_out": learned["cross_validation"],
+                "fallback_leave_one_domain_out": learned["cross_validation"],
             },
         )
-        for name, row in learned["train_ndcg"].items():
-            weight = learned["weights"][name]
-            typer.echo(f"{name:32s} weight {weight:.2f}  train nDCG@10 {row}")
+        for name, row in learned["choice"].items():
+            typer.echo(f"{name:32s} {row}")
         for name, row in learned["cross_validation"].items():
             typer.echo(f"fallback model, {name} held out: {row}")
 

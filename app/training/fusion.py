@@ -31,6 +31,7 @@ from app.core.names import BASE_EXPERT
 from app.core.ranking import ndcg_of_ids
 
 if TYPE_CHECKING:
+    from app.core.router import Router
     from app.data.beir import Benchmark
     from app.encoder.lora_encoder import LoraEncoder
 
@@ -96,13 +97,16 @@ def _interp(table: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return table[rows, low] * (1 - frac) + table[rows, high] * frac
 
 
+def _per_query(model: QueryWeights, rows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Each query's nDCG at the model's weight for it."""
+    ndcg, feats = rows
+    weights = np.array([model.weight(dict(zip(FEATURES, row, strict=True))) for row in feats])
+    return _interp(ndcg, weights)
+
+
 def _objective(model: QueryWeights, tables: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
     """Mean over domains of the mean nDCG at the model's weights."""
-    scores = []
-    for ndcg, feats in tables:
-        weights = np.array([model.weight(dict(zip(FEATURES, row, strict=True))) for row in feats])
-        scores.append(float(_interp(ndcg, weights).mean()))
-    return float(np.mean(scores))
+    return float(np.mean([_per_query(model, rows).mean() for rows in tables]))
 
 
 def fit_query_weights(
@@ -191,16 +195,31 @@ def domain_index(entry: Any, encoder: LoraEncoder, cache_dir: Path) -> Any:
     return MemoryIndex.of_vectors(entry.name, doc_ids, matrix, documents)
 
 
+ROUTED = "routed"  # table key: each query embedded by the expert the router chose
+
+
 def tune(
     benchmark: Benchmark,
     experts: list[str],
     encoder: LoraEncoder,
     cache_dir: Path,
+    router: Router,
     max_queries: int = 400,
+    margin: float = 0.005,
 ) -> dict[str, Any]:
-    """Tables for every expert domain, each expert's weight, the fallback model and the
-    cross-validation that justifies it."""
+    """Learn hybrid's dense weights from every expert domain's train queries.
+
+    Three tables per domain: the queries embedded by the base model (fallback), by the
+    domain's own expert (its constant weight), and by whichever expert the router picks
+    (what serving does: wrong routes included). Two per-query models: `fallback` (base
+    rows) and `routed` (rows routed to an expert). Per expert, the constant weight is
+    adopted only when, on the train queries routed to it, it beats the routed model
+    (fitted without that expert's domain) by more than `margin` and by more than two
+    standard errors of the paired per-query difference (small train sets decide nothing);
+    else the expert uses the routed model.
+    """
     tables: dict[str, FusionTable] = {}
+    routed_to: dict[str, list[str]] = {}
     for entry in benchmark.experts:
         if entry.name not in experts or entry.train_qrels is None:
             continue
@@ -208,26 +227,87 @@ def tune(
         if not texts:
             continue
         index = domain_index(entry, encoder, cache_dir)
+        base = encoder.encode(texts)
+        chosen = [d.expert for d in router.route(base)]
+        routed = base.copy()
+        moved = [i for i, name in enumerate(chosen) if name != BASE_EXPERT]
+        if moved:
+            routed[moved] = encoder.encode([texts[i] for i in moved], [chosen[i] for i in moved])
         encoded = {
-            BASE_EXPERT: encoder.encode(texts),
+            BASE_EXPERT: base,
             entry.name: encoder.encode(texts, [entry.name] * len(texts)),
+            ROUTED: routed,
         }
         tables[entry.name] = domain_table(entry.name, index, texts, relevant, encoded)
+        routed_to[entry.name] = chosen
         log.info("fusion table for %s: %d train queries", entry.name, len(texts))
-    weights = {n: best_weight(t.ndcg[n]) for n, t in tables.items()}
-    model = fit_query_weights(
+
+    fallback = fit_query_weights(
         [(t.ndcg[BASE_EXPERT], t.features[BASE_EXPERT]) for t in tables.values()]
     )
+    routed_rows = _routed_rows(tables, routed_to)
+    routed_model = fit_query_weights(list(routed_rows.values()))
+    learned = {n: best_weight(t.ndcg[n]) for n, t in tables.items()}
+    choice: dict[str, dict[str, Any]] = {}
+    for name, weight in learned.items():
+        rows = _rows_routed_to(tables, routed_to, name)
+        if rows is None:
+            continue
+        held_out = fit_query_weights([r for d, r in routed_rows.items() if d != name])
+        constant = _per_query(QueryWeights.constant(weight), rows)
+        model = _per_query(held_out, rows)
+        gain = constant - model  # paired, per query
+        noise = 2 * float(gain.std(ddof=1)) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+        choice[name] = {
+            "constant_weight": weight,
+            "queries_routed_here": int(len(gain)),
+            "ndcg@10_constant": round(float(constant.mean()), 4),
+            "ndcg@10_routed_model": round(float(model.mean()), 4),
+            "two_standard_errors": round(float(noise), 4),
+            "adopted": "constant" if float(gain.mean()) > max(margin, noise) else "routed_model",
+        }
+    weights = {
+        n: (c["constant_weight"] if c["adopted"] == "constant" else None) for n, c in choice.items()
+    }
     return {
         "weights": weights,
-        "fallback": model,
+        "fallback": fallback,
+        "routed": routed_model,
+        "choice": choice,
         "cross_validation": cross_validate(tables),
         "train_ndcg": {
             n: {
                 "dense": round(float(t.ndcg[n][:, -1].mean()), 4),
                 "lexical": round(float(t.ndcg[n][:, 0].mean()), 4),
-                "hybrid": round(float(t.ndcg[n][:, list(GRID).index(weights[n])].mean()), 4),
+                "hybrid_constant": round(
+                    float(t.ndcg[n][:, list(GRID).index(learned[n])].mean()), 4
+                ),
             }
             for n, t in tables.items()
         },
     }
+
+
+def _routed_rows(
+    tables: dict[str, FusionTable], routed_to: dict[str, list[str]]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per domain, its train queries the router sent to an expert (right or wrong)."""
+    out = {}
+    for name, table in tables.items():
+        mask = np.array([c != BASE_EXPERT for c in routed_to[name]])
+        if mask.any():
+            out[name] = (table.ndcg[ROUTED][mask], table.features[ROUTED][mask])
+    return out
+
+
+def _rows_routed_to(
+    tables: dict[str, FusionTable], routed_to: dict[str, list[str]], expert: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every domain's train queries the router sent to `expert`."""
+    ndcg, feats = [], []
+    for name, table in tables.items():
+        mask = np.array([c == expert for c in routed_to[name]])
+        if mask.any():
+            ndcg.append(table.ndcg[ROUTED][mask])
+            feats.append(table.features[ROUTED][mask])
+    return (np.concatenate(ndcg), np.concatenate(feats)) if ndcg else None
