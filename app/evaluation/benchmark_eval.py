@@ -266,6 +266,8 @@ def _hybrid_rows(
         data, routed, k, mode="hybrid", weights=weights, lexical_everywhere=True
     )
     result.record(data.name, "service_hybrid_lexall:router_mean", everywhere, data.qrels)
+    every_fallback = service.run(data, everyone, k, mode="hybrid", weights=weights)
+    result.record(data.name, "service_hybrid:base", every_fallback, data.qrels)
 
 
 def _oracles(result: EvalResult, data: EvalSet, names: list[str], k: int) -> None:
