@@ -3,8 +3,11 @@
 Builds an experts directory in a temp dir (one expert per expert dataset of the benchmark,
 or copies of the trained experts in `experts/`), each with an index of random unit vectors,
 starts `python -m app.cli serve` on 127.0.0.1 and drives it with `bench.loadgen` at several
-concurrencies. Each index's documents carry real text (its domain's corpus, cycled to fill
-the index) so the lexical leg costs what it would. Queries are the TEST queries of the
+concurrencies. Each index holds its domain's real corpus (text as is, random unit vectors in
+place of embeddings: search cost does not depend on them), so the lexical leg costs what it
+would; `--docs N` fills every index to N documents instead (the corpus cycled). Queries
+are the TEST queries of the benchmark's expert datasets (speed only; nothing is learned
+from them). Queries are the TEST queries of the
 benchmark's expert datasets (speed only; nothing is learned from them). Variants, all in one run:
 
     a  routed search        /v1/search expert=auto mode=dense, mixed traffic from all domains
@@ -191,18 +194,20 @@ def build_experts(
     store = IndexStore(root / "indexes", encoder.dim)
     texts = {d.name: d.corpus for d in domains}
     for name in names:
-        vectors = rng.normal(size=(docs, encoder.dim)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         corpus = texts.get(name) or [("", f"document of {name}")]
+        size = docs or len(corpus)  # 0: the domain's corpus as it is
+        vectors = rng.normal(size=(size, encoder.dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         documents = [
             Document(f"{name}-{j}", corpus[j % len(corpus)][1], corpus[j % len(corpus)][0])
-            for j in range(docs)
+            for j in range(size)
         ]
         store.open(name).upsert(documents, vectors)
     store.close()
+    sizes = f"{docs:,} documents (its corpus cycled to fill it)" if docs else "its domain's corpus"
     return names, described + (
-        f"; each index {docs:,} documents: random unit vectors (flat inner product) with the "
-        "text of its domain's corpus (cycled to fill it), so BM25 costs what it would"
+        f"; each index {sizes}: real text (BM25 costs what it would), random unit vectors "
+        "(flat inner product)"
     )
 
 
@@ -557,7 +562,13 @@ def main(
     concurrency: Annotated[str, Opt(help="Comma-separated concurrency levels.")] = "1,8,32,64",
     quick: Annotated[bool, Opt("--quick", help="Smoke run: 200 requests, c = 1 and 32.")] = False,
     variants: Annotated[str, Opt(help="Subset of a,h,b,c,d,e to run.")] = "a,h,b,c,d,e",
-    docs: Annotated[int, Opt(help="Documents (random unit vectors) per expert index.")] = 10_000,
+    docs: Annotated[
+        int,
+        Opt(
+            help="Documents per expert index (random unit vectors with its corpus's text, "
+            "cycled); 0: each domain's corpus as it is"
+        ),
+    ] = 0,
     experts: Annotated[
         str,
         Opt(

@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ctx.cache,
             replication.shared_cache,
             progress,
+            ctx.lexical_batcher,
         )
         admin = AdminService(
             ctx.registry,
@@ -89,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.stats = StatsService(
             ctx.encoder,
             ctx.indexes,
-            [ctx.encoder_batcher, ctx.search_batcher],
+            [ctx.encoder_batcher, ctx.search_batcher, ctx.lexical_batcher],
             ctx.cache,
             replication.shared_cache,
             replication.follower,

@@ -13,7 +13,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,11 @@ class ExpertIndex:
         self.hnsw_m = hnsw_m
         self._lock = threading.RLock()
         self._closed = False
+        # Lexical searches read through one connection per thread (see lexical_search).
+        self._local = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._active_readers = 0
+        self._readers_idle = threading.Condition()
         path.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path / DB_FILE, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -215,13 +221,33 @@ class ExpertIndex:
     def lexical_search(
         self, queries: Sequence[str], k: int, with_text: bool = True
     ) -> list[list[Hit]]:
-        with self._lock:
+        """BM25 on this thread's own read connection: WAL readers see the last committed
+        state and never wait for the writer or for other searches (SQLite runs FTS5
+        without the GIL), so lexical searches run in parallel with everything else."""
+        columns = "d.rowid, d.id, d.title, d.text, d.metadata" if with_text else "d.rowid, d.id"
+        with self._reading() as db:
+            found = lexical.search(db, queries, k, columns)
+        return [[self._hit(row[:-1], row[-1], with_text) for row in hits] for hits in found]
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._readers_idle:
             self._check_open()
-            found = lexical.search(self._db, queries, k)
-            records = self._fetch({r for hits in found for r, _ in hits}, with_text)
-        return [
-            [self._hit(records[r], s, with_text) for r, s in hits if r in records] for hits in found
-        ]
+            self._active_readers += 1
+        try:
+            db = getattr(self._local, "db", None)
+            if db is None:
+                db = sqlite3.connect(
+                    f"file:{self.path / DB_FILE}?mode=ro", uri=True, check_same_thread=False
+                )
+                self._local.db = db
+                with self._readers_idle:
+                    self._reader_connections.append(db)
+            yield db
+        finally:
+            with self._readers_idle:
+                self._active_readers -= 1
+                self._readers_idle.notify_all()
 
     def fetch(self, doc_ids: Sequence[str]) -> dict[str, Hit]:
         if not doc_ids:
@@ -270,3 +296,8 @@ class ExpertIndex:
             if not self._closed:
                 self._closed = True
                 self._db.close()
+        with self._readers_idle:  # let running lexical searches finish, then close theirs
+            self._readers_idle.wait_for(lambda: self._active_readers == 0, timeout=30)
+            for db in self._reader_connections:
+                db.close()
+            self._reader_connections.clear()

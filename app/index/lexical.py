@@ -65,18 +65,22 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-def search(db: sqlite3.Connection, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
-    """Per query, up to k `(rowid, bm25)` pairs, best first (no terms: no hits)."""
-    out: list[list[tuple[int, float]]] = []
+def search(
+    db: sqlite3.Connection, queries: Sequence[str], k: int, columns: str = "d.rowid, d.id"
+) -> list[list[tuple]]:
+    """Per query, up to k rows of `columns` (of `docs d`) with the BM25 score appended,
+    best first (a query with no terms has no hits)."""
+    out: list[list[tuple]] = []
     for query in queries:
         expression = match_expression(query)
         if expression is None:
             out.append([])
             continue
         rows = db.execute(
-            f"SELECT rowid, -bm25({TABLE}) FROM {TABLE} WHERE {TABLE} MATCH ? "
-            "ORDER BY rank LIMIT ?",
+            f"SELECT {columns}, s.score FROM ("
+            f"SELECT rowid, -bm25({TABLE}) AS score FROM {TABLE} WHERE {TABLE} MATCH ? "
+            "ORDER BY rank LIMIT ?) s JOIN docs d ON d.rowid = s.rowid ORDER BY s.score DESC",
             (expression, k),
         ).fetchall()
-        out.append([(int(r), float(s)) for r, s in rows])
+        out.append(rows)
     return out

@@ -92,20 +92,10 @@ class MemoryIndex:
     def lexical_search(
         self, queries: Sequence[str], k: int, with_text: bool = True
     ) -> list[list[Hit]]:
-        found = lexical.search(self._db, queries, k)
-        rowids = sorted({r for hits in found for r, _ in hits})
-        ids = (
-            dict(
-                self._db.execute(
-                    f"SELECT rowid, id FROM docs WHERE rowid IN ({','.join('?' * len(rowids))})",
-                    rowids,
-                ).fetchall()
-            )
-            if rowids
-            else {}
-        )
+        found = lexical.search(self._db, queries, k, columns="d.id")
         return [
-            [self._hit(self._documents[ids[r]], s, with_text) for r, s in hits] for hits in found
+            [self._hit(self._documents[doc_id], score, with_text) for doc_id, score in hits]
+            for hits in found
         ]
 
     def fetch(self, doc_ids: Sequence[str]) -> dict[str, Hit]:

@@ -60,6 +60,9 @@ def _start_encoder(
     return encoder, workers, lambda: _set_torch_threads(threads)
 
 
+LEXICAL_THREADS = 2
+
+
 @dataclass
 class ServiceContext:
     settings: Settings
@@ -69,6 +72,9 @@ class ServiceContext:
     encoder_batcher: MicroBatcher  # owns every model call
     search_batcher: MicroBatcher  # owns every FAISS search
     cache: EmbeddingCache
+    # BM25 searches: their own threads (SQLite's FTS5 runs without the GIL and each thread
+    # reads through its own connection), so they overlap the expert pass and FAISS.
+    lexical_batcher: MicroBatcher
 
     @classmethod
     def start(cls, settings: Settings) -> ServiceContext:
@@ -112,9 +118,17 @@ class ServiceContext:
                 max_pending=pending,
             ),
             EmbeddingCache(settings.embedding_cache_size),
+            MicroBatcher(
+                "lexical",
+                [search_batch(indexes) for _ in range(LEXICAL_THREADS)],
+                settings.max_batch,
+                max_wait_ms=0.0,
+                max_pending=pending,
+            ),
         )
 
     def close(self) -> None:
         self.encoder_batcher.close()
         self.search_batcher.close()
+        self.lexical_batcher.close()
         self.indexes.close()

@@ -70,6 +70,7 @@ class RetrievalService:
         cache: EmbeddingCache,
         shared_cache: SharedEmbeddingCache | None = None,
         progress: IndexingProgress | None = None,
+        lexical_batcher: MicroBatcher | None = None,
     ) -> None:
         self.settings = settings
         self.encoder = encoder
@@ -77,6 +78,7 @@ class RetrievalService:
         self.indexes = indexes
         self.encoder_batcher = encoder_batcher
         self.search_batcher = search_batcher
+        self.lexical_batcher = lexical_batcher or search_batcher
         self.cache = cache
         self.shared_cache = shared_cache
         self.progress = progress if progress is not None else IndexingProgress()
@@ -261,11 +263,17 @@ class RetrievalService:
         with self.registry.routed_lease(plan) as (decisions, plans):
             route_ms = _ms(started)
             t_encode = time.perf_counter()
-            lexical_only = options.mode == "lexical"  # routed for its targets, never embedded
-            vectors = {} if lexical_only else await self._plan_vectors(queries, plans, base)
+            # The lexical leg needs only the routing decision: it runs during the expert pass.
+            lexical = asyncio.create_task(self._lexical_lists(queries, plans, options))
+            try:
+                lexical_only = options.mode == "lexical"  # routed for its targets only
+                vectors = {} if lexical_only else await self._plan_vectors(queries, plans, base)
+            except BaseException:
+                lexical.cancel()
+                raise
             encode_ms = _ms(t_encode)
             t_search = time.perf_counter()
-            ranked = await self._search_plans(queries, plans, vectors, options)
+            ranked = await self._search_plans(queries, plans, vectors, options, lexical)
             search_ms = _ms(t_search)
         timing = {
             "route": route_ms,
@@ -311,36 +319,49 @@ class RetrievalService:
             out.update({(qi, e): base[qi] for qi, e in pairs if e in reuse})
         return out
 
+    async def _lexical_lists(
+        self, queries: Sequence[str], plans: list[Plan], options: SearchOptions
+    ) -> dict[int, list[Hit]]:
+        """Each query's BM25 hits from the indexes its lexical leg searches (one BM25 call
+        per index)."""
+        jobs = lexical_jobs(plans, options, self.indexes.names())
+        found = await asyncio.gather(
+            *(self._search_lexical(n, qis, queries, options) for n, qis in jobs.items())
+        )
+        lists: dict[int, list[Hit]] = {}
+        for result in found:
+            for qi, hits in result.items():
+                lists.setdefault(qi, []).extend(hits)
+        return lists
+
     async def _search_plans(
         self,
         queries: Sequence[str],
         plans: list[Plan],
         vectors: dict[Key, np.ndarray],
         options: SearchOptions,
+        lexical: asyncio.Task[dict[int, list[Hit]]],
     ) -> list[list[RankedHit]]:
         # The core groups every (query, expert) vector by the index it searches (one batched
-        # FAISS call per index) and every query text by the indexes its lexical leg searches
-        # (one BM25 call per index); then the core ranks each query.
-        names = self.indexes.names()
+        # FAISS call per index); with the lexical lists, the core then ranks each query.
         # Hybrid legs go without text: only the fused top k fetch theirs.
         with_text = options.include_text and options.mode == "dense"
-        dense_jobs = search_jobs(plans, options, names)
-        lexical = lexical_jobs(plans, options, names)
-        found: list[dict] = await asyncio.gather(
-            *(
-                self._search_index(n, keys, vectors, options, with_text)
-                for n, keys in dense_jobs.items()
-            ),
-            *(self._search_lexical(n, qis, queries, options) for n, qis in lexical.items()),
-        )
+        dense_jobs = search_jobs(plans, options, self.indexes.names())
+        try:
+            found = await asyncio.gather(
+                *(
+                    self._search_index(n, keys, vectors, options, with_text)
+                    for n, keys in dense_jobs.items()
+                )
+            )
+        except BaseException:
+            lexical.cancel()
+            raise
+        lexical_lists = await lexical
         dense_lists: dict[Key, list[Hit]] = {}
-        for result in found[: len(dense_jobs)]:
+        for result in found:
             for key, hits in result.items():
                 dense_lists.setdefault(key, []).extend(hits)
-        lexical_lists: dict[int, list[Hit]] = {}
-        for result in found[len(dense_jobs) :]:
-            for qi, hits in result.items():
-                lexical_lists.setdefault(qi, []).extend(hits)
         ranked = [
             rank_query(
                 queries[qi],
@@ -406,7 +427,7 @@ class RetrievalService:
         try:
             self.indexes.get(name)
             job = SearchJob(name, None, depth, False, texts=[queries[qi] for qi in positions])
-            hits = await self.search_batcher.submit(job, size=len(positions))
+            hits = await self.lexical_batcher.submit(job, size=len(positions))
         except NotFound:
             if name == options.index:
                 raise
