@@ -11,6 +11,7 @@ import pytest
 from app.core.documents import Hit
 from app.core.hybrid import QueryWeights, RankedHit, convex, min_max, rrf, weights_lookup
 from app.core.lexical import STOPWORDS, match_expression, query_terms
+from app.errors import NotFound
 from app.index import Document
 from app.index.expert_index import DB_FILE, ExpertIndex
 from app.index.lexical import TABLE
@@ -125,3 +126,19 @@ def test_query_weights() -> None:
     assert lookup("cosqa").weight({}) == pytest.approx(0.9)
     assert lookup("new") is routed and lookup("base") is model
     assert weights_lookup({}, model)("new") is model  # no routed model: the fallback one
+
+
+def test_lexical_reads_from_many_threads_see_every_commit(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    index = ExpertIndex("aero", tmp_path / "aero", DIM)
+    index.upsert(DOCS, _vectors(3))
+    with ThreadPoolExecutor(4) as pool:  # each thread reads through its own connection
+        found = list(pool.map(lambda q: _ids(index.lexical_search([q], 5)[0]), ["shock"] * 8))
+        assert found == [["d0"]] * 8
+        index.upsert([Document("d7", "hypersonic shock tunnel")], _vectors(1))
+        again = list(pool.map(lambda q: set(_ids(index.lexical_search([q], 5)[0])), ["shock"] * 8))
+        assert again == [{"d0", "d7"}] * 8
+    index.close()  # closes the readers' connections too
+    with pytest.raises(NotFound):
+        index.lexical_search(["shock"], 5)
