@@ -118,3 +118,25 @@ def test_a_failing_job_fails_alone() -> None:
     a, bad, c = asyncio.run(main())
     assert (a, c) == ("A", "C") and isinstance(bad, ValueError)
     batcher.close()
+
+
+def test_encode_batch_runs_documents_and_queries_in_separate_passes() -> None:
+    import numpy as np
+
+    from app.service.batched_work import EncodeJob, encode_batch
+
+    calls = []
+
+    class Recorder:
+        def encode(self, texts, adapters, routing, replica, documents=False):
+            calls.append((list(texts), documents))
+            return np.full((len(texts), 2), 1.0 if documents else 0.0, dtype=np.float32)
+
+    jobs = [
+        EncodeJob(["q1"], ["base"]),
+        EncodeJob(["d1", "d2"], ["base", "base"], documents=True),
+        EncodeJob(["q2"], ["base"], routing=True),
+    ]
+    out = encode_batch(Recorder())(jobs)
+    assert calls == [(["q1", "q2"], False), (["d1", "d2"], True)]
+    assert [rows[:, 0].tolist() for rows in out] == [[0.0], [1.0, 1.0], [0.0]]

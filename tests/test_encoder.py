@@ -143,3 +143,23 @@ def test_replicas_share_routing_states_and_adapter_changes(
     assert replicas.resident() == ["all"] and replicas.stats.loads == 4
     # Deleted: its next load (new weights, maybe other layers) decides reuse afresh.
     assert not replicas.replicas[0]._hidden.can_start_from("top")
+
+
+def test_documents_at_bf16_agree_with_fp32_or_stay_fp32(monkeypatch) -> None:
+    import app.encoder.lora_encoder as lora
+
+    encoder = LoraEncoder(lambda name: Path("/none"), document_precision="bf16")
+    texts = ["Normal shocks in supersonic nozzle flow.", "csv.reader reads rows of a csv file"]
+    fast = encoder.encode(texts, documents=True)
+    exact = encoder.encode(texts)  # queries: the exact fp32 path
+    assert not np.array_equal(fast, exact)  # bf16 did run
+    assert np.min(np.sum(fast * exact, axis=1)) >= lora.DOCUMENT_MIN_COSINE
+    assert encoder.check_document_precision() >= lora.DOCUMENT_MIN_COSINE
+    assert encoder.document_precision == "bf16"
+    with pytest.raises(ValueError):
+        encoder.encode(texts, ["some-expert", BASE], documents=True)
+    # A precision that disagrees with fp32 is not used: documents stay on the exact path.
+    monkeypatch.setattr(lora, "DOCUMENT_MIN_COSINE", 1.01)
+    encoder.check_document_precision()
+    assert encoder.document_precision == "fp32"
+    assert np.array_equal(encoder.encode(texts, documents=True), exact)

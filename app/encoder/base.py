@@ -31,9 +31,11 @@ class QueryEncoder(Protocol):
         adapters: Sequence[str] | None = None,
         routing: Sequence[bool] | None = None,
         replica: int = 0,
+        documents: bool = False,
     ) -> np.ndarray:
         """Unit-norm float32 rows; row i through adapter `adapters[i]` (`BASE`: none);
-        `routing[i]`: a query's routing pass (an expert pass of it may follow)."""
+        `routing[i]`: a query's routing pass (an expert pass of it may follow);
+        `documents`: documents for an index (base model only, at the document precision)."""
         ...
 
     def ensure_resident(self, names: Sequence[str]) -> None:

@@ -131,8 +131,11 @@ class FakeEncoder:
         adapters: Sequence[str] | None = None,
         routing: Sequence[bool] | None = None,
         replica: int = 0,
+        documents: bool = False,  # one precision here: documents embed like queries
     ) -> np.ndarray:
         adapters = list(adapters) if adapters is not None else [BASE] * len(texts)
+        if documents and any(a != BASE for a in adapters):
+            raise ValueError("documents are embedded by the base model only")
         if len(adapters) != len(texts) or (routing is not None and len(routing) != len(texts)):
             raise ValueError("one adapter name (and routing flag) per text")
         if not 0 <= replica < self._count:

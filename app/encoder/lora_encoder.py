@@ -7,6 +7,7 @@ switched per request (switching races under concurrency).
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -30,6 +31,8 @@ from app.encoder.hidden_states import HiddenStateCache
 from app.errors import InvalidAdapter
 from app.shortcuts import HIDDEN_STATE_REUSE, Shortcuts
 
+log = logging.getLogger(__name__)
+
 BASE = "__base__"  # peft's name for "no adapter" rows in a mixed batch
 # A permanent no-op adapter (B = 0) keeps the PeftModel valid when every expert is evicted.
 _ANCHOR = "__anchor__"
@@ -43,6 +46,15 @@ PROBE_TEXTS = (
 # Hidden-state reuse must equal a full expert pass: within float32 rounding, or one bf16
 # rounding step when the passes run under bf16 autocast.
 REUSE_TOLERANCE = {"fp32": 1e-5, "bf16": 4e-3}
+# Documents at a faster precision must agree with fp32 to this cosine (measured: >= 0.99996
+# on every staged corpus under bf16 autocast).
+DOCUMENT_MIN_COSINE = 0.9999
+PROBE_DOCUMENTS = (
+    "Wing sweep delays the compressibility drag rise of transonic aircraft.",
+    "sorted(d.items(), key=lambda kv: kv[1]) sorts a dictionary by value in Python.",
+    "Vitamin D supplementation and bone mineral density in older adults: a randomized "
+    "controlled trial of 400 participants followed for two years.",
+)
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
 
 AdapterLocator = Callable[[str], Path]
@@ -95,6 +107,7 @@ class LoraEncoder:
         batch_size: int = 64,
         precision: str = "fp32",
         reuse_layer: int | None = None,
+        document_precision: str = "fp32",
         hidden_states: HiddenStateCache | None = None,
         shortcuts: Shortcuts | None = None,
     ) -> None:
@@ -109,6 +122,7 @@ class LoraEncoder:
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.precision = precision
+        self.document_precision = document_precision
         self._locate = locate_adapter
         self.tokenizer = load_tokenizer()
         base = load_base_model(device)
@@ -196,8 +210,11 @@ class LoraEncoder:
         texts: Sequence[str],
         adapters: Sequence[str] | None = None,
         routing: Sequence[bool] | None = None,
+        documents: bool = False,
     ) -> np.ndarray:
         """Embed `texts`; row i uses adapter `adapters[i]` (default: all base).
+
+        `documents`: the texts are documents (base model only), run at `document_precision`.
 
         `routing[i]`: row i is a query's routing pass, so an expert pass may follow and its
         hidden states are kept for reuse (documents' base passes are not). Returns float32
@@ -210,6 +227,9 @@ class LoraEncoder:
             routing = [False] * len(texts)
         if len(adapters) != len(texts) or len(routing) != len(texts):
             raise ValueError("one adapter name (and routing flag) per text")
+        if documents and any(a != BASE for a in adapters):
+            raise ValueError("documents are embedded by the base model only")
+        precision = self.document_precision if documents else self.precision
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
@@ -233,7 +253,7 @@ class LoraEncoder:
             rows_to_run = np.array(exact, dtype=np.int64)
             for bucket in length_buckets([lengths[i] for i in rows_to_run], self.batch_size):
                 rows = rows_to_run[bucket]
-                out[rows] = self._forward(texts, tokens, rows, adapters, routing)
+                out[rows] = self._forward(texts, tokens, rows, adapters, routing, precision)
             self._evict_down_to(self.capacity, keep=set())
         return out
 
@@ -264,13 +284,29 @@ class LoraEncoder:
             and self.shortcuts.enabled(HIDDEN_STATE_REUSE)
         )
 
-    def _autocast(self) -> Any:
+    def _autocast(self, precision: str | None = None) -> Any:
         torch = self._torch
         return torch.autocast(
             device_type="cuda" if self.device.startswith("cuda") else "cpu",
             dtype=torch.bfloat16,
-            enabled=self.precision == "bf16",
+            enabled=(precision or self.precision) == "bf16",
         )
+
+    def check_document_precision(self, texts: Sequence[str] = PROBE_DOCUMENTS) -> float:
+        """Start-up self-check of the document precision: the lowest cosine between probe
+        documents embedded at it and in fp32. Below `DOCUMENT_MIN_COSINE`, documents stay
+        fp32 (the exact path). Returns the cosine (1.0 when already fp32)."""
+        if self.document_precision == "fp32":
+            return 1.0
+        fast = self.encode(texts, documents=True)
+        wanted, self.document_precision = self.document_precision, "fp32"
+        exact = self.encode(texts, documents=True)
+        cosine = float(np.min(np.sum(fast * exact, axis=1)))
+        if cosine >= DOCUMENT_MIN_COSINE and np.isfinite(fast).all():
+            self.document_precision = wanted
+        else:
+            log.warning("documents stay fp32: %s agrees with it to cosine %.6f", wanted, cosine)
+        return cosine
 
     def _forward(
         self,
@@ -279,13 +315,14 @@ class LoraEncoder:
         rows: np.ndarray,
         all_adapters: Sequence[str],
         routing: Sequence[bool],
+        precision: str | None = None,
     ) -> np.ndarray:
         torch = self._torch
         adapters = [all_adapters[i] for i in rows]
         remember = [j for j, i in enumerate(rows) if routing[i] and adapters[j] == BASE]
         batch = self._pad(tokens, rows)
         keep = bool(remember) and self._keeps_states
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast(precision):
             if all(a == BASE for a in adapters):
                 # The active adapter is the no-op anchor (B = 0): exactly the base model,
                 # without the per-call cost of peft's mixed-batch hooks (~3 ms at batch 1).

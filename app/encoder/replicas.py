@@ -47,6 +47,7 @@ class EncoderReplicas:
             for _ in range(count)
         ]
         self.reuse_check: list[float | None] = []  # max abs diff per replica at start-up
+        self.document_check = 1.0  # probe documents' lowest cosine to fp32 at start-up
         self.max_seq_length = self.replicas[0].max_seq_length
         self.module_shapes = self.replicas[0].module_shapes
         # Fast tokenizers must not be used from two threads at once: the request path's
@@ -59,6 +60,15 @@ class EncoderReplicas:
         checks hidden-state reuse against a full pass (off for all of them if one fails)."""
         for encoder in self.replicas:
             encoder.encode(["warm up"])
+        # One document precision for all replicas: the lowest agreement decides.
+        cosine = min(encoder.check_document_precision() for encoder in self.replicas)
+        if any(encoder.document_precision == "fp32" for encoder in self.replicas):
+            for encoder in self.replicas:
+                encoder.document_precision = "fp32"
+        self.document_check = cosine
+        log.info(
+            "documents embedded at %s (probe cosine to fp32 %.6f)", self.document_precision, cosine
+        )
         self.reuse_check = [encoder.check_reuse() for encoder in self.replicas]
         checked = [d for d in self.reuse_check if d is not None]
         if checked and self.shortcuts.enabled(HIDDEN_STATE_REUSE):
@@ -73,8 +83,13 @@ class EncoderReplicas:
         adapters: Sequence[str] | None = None,
         routing: Sequence[bool] | None = None,
         replica: int = 0,
+        documents: bool = False,
     ) -> np.ndarray:
-        return self.replicas[replica].encode(texts, adapters, routing)
+        return self.replicas[replica].encode(texts, adapters, routing, documents)
+
+    @property
+    def document_precision(self) -> str:
+        return self.replicas[0].document_precision
 
     def ensure_resident(self, names: Sequence[str]) -> None:
         for encoder in self.replicas:

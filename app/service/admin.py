@@ -71,7 +71,7 @@ class AdminService:
         parts = []
         for start in range(0, len(texts), EMBED_SLICE):
             chunk = list(texts[start : start + EMBED_SLICE])
-            job = EncodeJob(chunk, [BASE] * len(chunk))
+            job = EncodeJob(chunk, [BASE] * len(chunk), documents=True)
             parts.append(await self.encoder_batcher.submit(job, size=len(chunk)))
             if progress is not None:
                 progress(len(chunk))

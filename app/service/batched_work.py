@@ -21,6 +21,7 @@ class EncodeJob:
     texts: list[str]
     adapters: list[str]  # one per text; BASE for the plain model
     routing: bool = False  # queries' routing pass: keep hidden states for the expert pass
+    documents: bool = False  # documents for an index: base model, the document precision
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,22 @@ class SearchJob:
 
 def encode_batch(encoder: QueryEncoder, replica: int = 0):
     def run(jobs: Sequence[EncodeJob]) -> list[np.ndarray]:
+        # Documents and queries may run at different precisions: one pass for each kind.
+        out: list[np.ndarray] = [np.zeros(0)] * len(jobs)
+        for documents in (False, True):
+            members = [i for i, job in enumerate(jobs) if job.documents == documents]
+            if members:
+                vectors = _encode([jobs[i] for i in members], documents)
+                for i, rows in zip(members, vectors, strict=True):
+                    out[i] = rows
+        return out
+
+    def _encode(jobs: Sequence[EncodeJob], documents: bool) -> list[np.ndarray]:
         texts = [t for job in jobs for t in job.texts]
         adapters = [a for job in jobs for a in job.adapters]
         routing = [job.routing for job in jobs for _ in job.texts]
         try:
-            vectors = encoder.encode(texts, adapters, routing, replica)
+            vectors = encoder.encode(texts, adapters, routing, replica, documents)
         except ServiceError:
             raise
         except Exception as exc:  # shortcuts already fell back inside: the exact path failed

@@ -40,7 +40,12 @@ def _start_encoder(
             max_seq_length=settings.max_seq_length,
         )
         return fake, workers, None
-    from app.encoder.base_model import pick_device, pick_precision, pick_workers
+    from app.encoder.base_model import (
+        pick_device,
+        pick_document_precision,
+        pick_precision,
+        pick_workers,
+    )
     from app.encoder.replicas import EncoderReplicas
 
     device = pick_device(settings.device)
@@ -55,6 +60,7 @@ def _start_encoder(
         max_seq_length=settings.max_seq_length,
         batch_size=settings.encode_batch_size,
         precision=precision,
+        document_precision=pick_document_precision(settings.document_precision, device),
     )
     log.info("encoder on %s (%s), %d workers x %d threads", device, precision, workers, threads)
     return encoder, workers, lambda: _set_torch_threads(threads)
