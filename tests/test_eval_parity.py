@@ -85,7 +85,7 @@ def test_eval_service_run_equals_the_gateway(settings, adapters_root: str) -> No
         encode = ctx.encoder.encode
         indexes = {}
         for name, docs in DOMAINS.items():
-            vectors = encode([document_text(t, x) for _, t, x in docs])
+            vectors = encode([document_text(t, x) for _, t, x in docs], documents=True)
             documents = [Document(i, x, t) for i, t, x in docs]
             indexes[name] = MemoryIndex.of_vectors(
                 name, [d.id for d in documents], vectors, documents
