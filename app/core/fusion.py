@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from app.core.documents import Hit
 from app.core.hybrid import RRF_K, QueryWeights, RankedHit, convex, query_features, rrf
 from app.core.lexical import query_terms
-from app.core.planning import Key, Plan, SearchOptions
+from app.core.planning import Plan, SearchOptions
 
-__all__ = ["RankedHit", "fuse", "fuse_plans", "rank_query"]
+__all__ = ["RankedHit", "fuse", "rank_query"]
 
 
 def fuse(lists: Sequence[tuple[str, Sequence[Hit]]], k: int) -> list[RankedHit]:
@@ -54,19 +54,11 @@ def rank_query(
     if options.mode == "lexical":
         ranked = sorted(lexical, key=lambda h: -h.score)[: options.k]
         return [RankedHit(h, h.score, lead, lexical=h.score) for h in ranked]
-    depth = options.k if options.mode == "dense" else max(options.k, options.candidates)
-    dense_list = fuse([(e, dense.get(e, [])) for e in plan], depth)
+    dense_list = fuse([(e, dense.get(e, [])) for e in plan], options.dense_depth)
     if options.mode == "dense":
         return dense_list
-    lexical = sorted(lexical, key=lambda h: -h.score)[:depth]
+    lexical = sorted(lexical, key=lambda h: -h.score)[: options.lexical_depth]
     if options.fusion == "rrf":
         return rrf(dense_list, lexical, options.k)
     features = query_features(dense_list, lexical, len(query_terms(query)))
     return convex(dense_list, lexical, weights(lead).weight(features), options.k)
-
-
-def fuse_plans(
-    plans: Sequence[Plan], hits: Mapping[Key, Sequence[Hit]], k: int
-) -> list[list[RankedHit]]:
-    """Each query's dense list from `hits[(query, encoder)]` (all indexes it searched)."""
-    return [fuse([(e, hits.get((qi, e), [])) for e in plan], k) for qi, plan in enumerate(plans)]

@@ -27,7 +27,6 @@ from app.core.names import BASE_EXPERT
 
 Mode = Literal["hybrid", "dense", "lexical"]
 Fusion = Literal["convex", "rrf"]
-MODES: tuple[Mode, ...] = ("hybrid", "dense", "lexical")
 CANDIDATES = 100  # each leg's depth before fusion
 RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al., 2009)
 DocKey = tuple[str, str]  # (index, document id)

@@ -33,6 +33,10 @@ class SearchOptions:
     def dense_depth(self) -> int:
         return self.k if self.mode == "dense" else max(self.k, self.candidates)
 
+    @property
+    def lexical_depth(self) -> int:
+        return self.k if self.mode == "lexical" else max(self.k, self.candidates)
+
 
 Plan = list[str]  # the encoders that embed one query, best first
 Key = tuple[int, str]  # (query position, encoder)

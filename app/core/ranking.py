@@ -6,6 +6,8 @@ validation and pilot labels agree with the report.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 
@@ -21,11 +23,7 @@ def top_k(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np
 
 def ndcg_at_k(ranked: np.ndarray, relevant: dict[int, int], k: int = 10) -> float:
     """nDCG@k of one ranking of corpus rows; gain = grade, discount = log2(rank + 1)."""
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    gains = np.array([relevant.get(int(r), 0) for r in ranked[:k]], dtype=np.float64)
-    ideal = np.sort(np.array(list(relevant.values()), dtype=np.float64))[::-1][:k]
-    idcg = float((ideal * discounts[: len(ideal)]).sum())
-    return float((gains * discounts[: len(gains)]).sum() / idcg) if idcg > 0 else 0.0
+    return _ndcg([relevant.get(int(r), 0) for r in ranked[:k]], relevant.values(), k)
 
 
 def per_query_ndcg(
@@ -37,8 +35,12 @@ def per_query_ndcg(
 
 def ndcg_of_ids(ranked: list[str], relevant: dict[str, int], k: int = 10) -> float:
     """nDCG@k of a ranking of document ids (the same definition as `ndcg_at_k`)."""
+    return _ndcg([relevant.get(d, 0) for d in ranked[:k]], relevant.values(), k)
+
+
+def _ndcg(gains: list[int], grades: Iterable[int], k: int) -> float:
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    gains = np.array([relevant.get(d, 0) for d in ranked[:k]], dtype=np.float64)
-    ideal = np.sort(np.array(list(relevant.values()), dtype=np.float64))[::-1][:k]
+    found = np.array(gains, dtype=np.float64)
+    ideal = np.sort(np.array(list(grades), dtype=np.float64))[::-1][:k]
     idcg = float((ideal * discounts[: len(ideal)]).sum())
-    return float((gains * discounts[: len(gains)]).sum() / idcg) if idcg > 0 else 0.0
+    return float((found * discounts[: len(found)]).sum() / idcg) if idcg > 0 else 0.0

@@ -77,7 +77,8 @@ def cpu_has_bf16() -> bool:
 def pick_document_precision(setting: str, device: str) -> str:
     """`auto`: bf16 autocast for documents where the hardware has bf16 dot products (CUDA,
     AVX512-BF16, AMX), else fp32. Documents are embedded in bulk, at batch 32-64, where
-    bf16 pays even without AMX (2.07x on this AVX512-BF16 CPU); a start-up self-check
+    bf16 pays even without AMX (2.1-2.6x the documents/s of fp32 on the 2-core
+    AVX512-BF16 machine, reports/indexing.md); a start-up self-check
     (`LoraEncoder.check_document_precision`) keeps fp32 if the two disagree."""
     if setting != "auto":
         return setting

@@ -81,13 +81,14 @@ def core_run(
         for key, hits in zip(keys, found, strict=True):
             lists.setdefault(key, []).extend(hits)
     lexical: dict[int, list[Hit]] = {}
-    depth = options.k if options.mode == "lexical" else options.dense_depth
     for name, positions in lexical_jobs(plans, options, indexes).items():
         if name not in indexes:
             continue
         texts = [dataset.query_texts[qi] for qi in positions]
         for qi, hits in zip(
-            positions, indexes[name].lexical_search(texts, depth, False), strict=True
+            positions,
+            indexes[name].lexical_search(texts, options.lexical_depth, False),
+            strict=True,
         ):
             lexical.setdefault(qi, []).extend(hits)
     ranked_lists = [

@@ -168,13 +168,20 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# Fusion models before `rr tune-fusion` has run: one constant weight, no routed model.
+UNTUNED: tuple[QueryWeights, QueryWeights | None] = (
+    QueryWeights.constant(DEFAULT_DENSE_WEIGHT),
+    None,
+)
+
+
 def read_fusion_models(experts_dir: Path) -> tuple[QueryWeights, QueryWeights | None]:
     """Hybrid's per-query dense-weight models: (fallback queries, routed queries of experts
     without their own weight); before `rr tune-fusion`, one constant weight."""
     try:
         raw = json.loads((experts_dir / FUSION).read_text())
     except FileNotFoundError:
-        return QueryWeights.constant(DEFAULT_DENSE_WEIGHT), None
+        return UNTUNED
     routed = raw.get("routed")
     return (
         QueryWeights.from_json(raw["fallback"]),

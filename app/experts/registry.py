@@ -22,7 +22,7 @@ from app.core.names import BASE_EXPERT, check_name
 from app.core.router import Aggregation, Router
 from app.errors import Conflict, NotFound
 from app.experts.artifacts import (
-    DEFAULT_DENSE_WEIGHT,
+    UNTUNED,
     Expert,
     adapter_locator,
     list_expert_dirs,
@@ -48,10 +48,7 @@ class ExpertRegistry:
         self._pending_removal: set[str] = set()
         self._lock = threading.Condition()
         self.router = Router({}, aggregation, threshold)
-        self.fusion_models: tuple[QueryWeights, QueryWeights | None] = (
-            QueryWeights.constant(DEFAULT_DENSE_WEIGHT),
-            None,
-        )
+        self.fusion_models: tuple[QueryWeights, QueryWeights | None] = UNTUNED
 
     # -- reads ---------------------------------------------------------------------------
 

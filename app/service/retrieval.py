@@ -423,10 +423,11 @@ class RetrievalService:
     async def _search_lexical(
         self, name: str, positions: list[int], queries: Sequence[str], options: SearchOptions
     ) -> dict[int, list[Hit]]:
-        depth = options.k if options.mode == "lexical" else max(options.k, options.candidates)
         try:
             self.indexes.get(name)
-            job = SearchJob(name, None, depth, False, texts=[queries[qi] for qi in positions])
+            job = SearchJob(
+                name, None, options.lexical_depth, False, texts=[queries[qi] for qi in positions]
+            )
             hits = await self.lexical_batcher.submit(job, size=len(positions))
         except NotFound:
             if name == options.index:
