@@ -163,3 +163,28 @@ def test_documents_at_bf16_agree_with_fp32_or_stay_fp32(monkeypatch) -> None:
     encoder.check_document_precision()
     assert encoder.document_precision == "fp32"
     assert np.array_equal(encoder.encode(texts, documents=True), exact)
+
+
+def test_eval_cache_embeds_documents_as_the_server_does(tmp_path: Path) -> None:
+    """`rr eval`'s document cache follows the document precision: a separate cache entry per
+    precision (fp32 entries keep their old names), each equal to the server's embedding."""
+    from app.data.doc_embeddings import corpus_key, document_embeddings
+    from tests.test_training_data import write_dataset
+
+    docs = [("d1", "Nozzles", "Normal shocks in supersonic nozzle flow."), ("d2", "", "csv rows")]
+    dataset = write_dataset(tmp_path, "tiny", docs, {"q1": "shock"}, {"test": [("q1", "d1", 1)]})
+    encoder = LoraEncoder(lambda name: Path("/none"))
+    cache = tmp_path / "cache"
+    _, exact = document_embeddings(dataset, encoder, cache)
+    assert encoder.use_document_precision("bf16") == "bf16"
+    ids, fast = document_embeddings(dataset, encoder, cache)
+    assert ids == ["d1", "d2"]
+    texts = ["Nozzles Normal shocks in supersonic nozzle flow.", "csv rows"]
+    assert np.array_equal(fast, encoder.encode(texts, documents=True))
+    assert not np.array_equal(fast, exact)
+    assert corpus_key(dataset, 256, "bf16") != corpus_key(dataset, 256) == corpus_key(
+        dataset, 256, "fp32"
+    )
+    assert sorted(p.stem for p in cache.glob("*.npy")) == sorted(
+        [corpus_key(dataset, 256), corpus_key(dataset, 256, "bf16")]
+    )

@@ -26,6 +26,7 @@ from app.encoder.base_model import (
     load_base_model,
     load_tokenizer,
     mean_pool,
+    pick_document_precision,
 )
 from app.encoder.hidden_states import HiddenStateCache
 from app.errors import InvalidAdapter
@@ -307,6 +308,14 @@ class LoraEncoder:
         else:
             log.warning("documents stay fp32: %s agrees with it to cosine %.6f", wanted, cosine)
         return cosine
+
+    def use_document_precision(self, setting: str) -> str:
+        """Documents at the precision the server picks for `setting` on this machine, behind
+        the same start-up check: `rr eval` and `rr tune-fusion` embed documents as the
+        service does, so the eval measures what ships. Returns the precision in use."""
+        self.document_precision = pick_document_precision(setting, self.device)
+        self.check_document_precision()
+        return self.document_precision
 
     def _forward(
         self,

@@ -47,10 +47,15 @@ def register(cli: typer.Typer) -> None:
             multitask_dir(multitask),
             extra_zero_shot,
             _load_variants(variants_path(cache_dir)),
+            document_precision=cli_settings().document_precision,
         )
         experts = experts_dir or cli_settings().experts_dir
         data = {**result.to_json(), "training": _training_summary(experts)}
-        write_report(data, out, notes=_notes())
+        precision = (
+            f"Documents embedded at {result.document_precision}, as the server embeds them on "
+            "this machine (`RR_DOCUMENT_PRECISION`); queries in fp32."
+        )
+        write_report(data, out, notes=[*_notes(), precision])
         typer.echo("\n".join(averages_table(data)))
 
 

@@ -220,10 +220,12 @@ def register(cli: typer.Typer) -> None:
             settings.router_fallback_threshold,
             {n: e.spec.fallback_threshold for n, e in experts.items()},
         )
+        encoder = expert_encoder(experts_dir)
+        encoder.use_document_precision(settings.document_precision)  # tuned on what ships
         learned = fusion.tune(
             load_benchmark(benchmark_path(benchmark)),
             sorted(experts),
-            expert_encoder(experts_dir),
+            encoder,
             embedding_cache(cache_dir),
             router,
             max_queries,
