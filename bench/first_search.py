@@ -4,9 +4,10 @@ Starts a gateway with the shipped experts, empty indexes and an empty embedding 
 every corpus is embedded, as on a new machine), then sends, once a second, each small
 domain's first test query that the router sends to that domain, and prints the seconds from
 the process start until its hits come from that domain's own index. Bounded: stops when the
-smallest domains answered or after --limit seconds.
+smallest domains answered or after --limit seconds; with --full, once `/readyz` says every
+corpus is indexed (the full first-start index time) or after --limit seconds.
 
-    python -m bench.first_search [--domains 3] [--limit 300]
+    python -m bench.first_search [--domains 3] [--limit 300] [--full --limit 5400]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main(
     domains: int = typer.Option(3, help="Stop once this many of the smallest domains answer."),
     limit: float = typer.Option(300.0, help="Give up after this many seconds."),
     datasets: Path = typer.Option(None, help="Benchmark data (default: RR_DATASETS_DIR)."),
+    full: bool = typer.Option(False, help="Also wait until every corpus is indexed."),
 ) -> None:
     datasets = datasets or Path(os.environ.get("RR_DATASETS_DIR", "../shared/datasets"))
     sets = load_benchmark(datasets / "benchmark.json").experts
@@ -57,12 +59,21 @@ def main(
     process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     answered: dict[str, float] = {}
-    serving = None
+    serving = indexed = None
+    precision: dict = {}
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
-            while time.monotonic() - started < limit and not set(wanted) <= set(answered):
+            while time.monotonic() - started < limit and not _finished(
+                set(wanted) <= set(answered), full, indexed
+            ):
                 time.sleep(1)
                 try:
+                    if full and set(wanted) <= set(answered):
+                        body = client.get("/readyz").json()
+                        precision = body.get("precision", precision)
+                        if body.get("status") == "ready":
+                            indexed = time.monotonic() - started
+                        continue
                     if serving is None and client.get("/healthz").status_code == 200:
                         serving = time.monotonic() - started
                         # Per domain, a test query the router sends there (routing needs no
@@ -87,6 +98,16 @@ def main(
     for name in wanted:
         seconds = f"{answered[name]:.1f}" if name in answered else f"none within {limit:.0f}"
         print(f"| {name} | {sizes[name]} | {seconds} |")
+    if full:
+        total = sum(sizes.values())
+        when = f"{indexed:.0f} s" if indexed else f"not within {limit:.0f} s"
+        rate = f", {total / indexed:.1f} documents/s" if indexed else ""
+        print(f"all {len(sizes)} corpora ({total:,} documents) indexed after {when}{rate}")
+        print(f"precision (/readyz): {precision}")
+
+
+def _finished(answered_all: bool, full: bool, indexed: float | None) -> bool:
+    return answered_all and (not full or indexed is not None)
 
 
 def _routed_query(client: httpx.Client, name: str, texts: list[str]) -> str:

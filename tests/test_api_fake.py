@@ -59,7 +59,12 @@ def test_register_upload_search_delete_restart(fake_settings, lora_a, lora_b) ->
         assert body["hits"][0]["dense_score"] == pytest.approx(expected, abs=1e-5)
         listing = {e["name"]: e for e in client.get("/v1/experts").json()["experts"]}
         assert listing["code"]["documents"] == 2 and listing["aero"]["pilot_count"] == 1
-        assert client.get("/readyz").json() == {"status": "ready", "experts": 2, "degraded": {}}
+        assert client.get("/readyz").json() == {
+            "status": "ready",
+            "experts": 2,
+            "degraded": {},
+            "precision": {"queries": "fp32", "documents": "fp32"},
+        }
 
     with TestClient(create_app(fake_settings)) as client:  # restart: all of it is back
         hits = client.post("/v1/search", json={"query": "supersonic shock"}).json()["hits"]

@@ -182,8 +182,10 @@ def test_eval_cache_embeds_documents_as_the_server_does(tmp_path: Path) -> None:
     texts = ["Nozzles Normal shocks in supersonic nozzle flow.", "csv rows"]
     assert np.array_equal(fast, encoder.encode(texts, documents=True))
     assert not np.array_equal(fast, exact)
-    assert corpus_key(dataset, 256, "bf16") != corpus_key(dataset, 256) == corpus_key(
-        dataset, 256, "fp32"
+    assert (
+        corpus_key(dataset, 256, "bf16")
+        != corpus_key(dataset, 256)
+        == corpus_key(dataset, 256, "fp32")
     )
     assert sorted(p.stem for p in cache.glob("*.npy")) == sorted(
         [corpus_key(dataset, 256), corpus_key(dataset, 256, "bf16")]

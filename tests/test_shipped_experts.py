@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from app.data.beir import load_benchmark, load_qrels, load_queries
+from app.encoder.base_model import cpu_has_bf16
 from app.settings import Settings
 from tests.helpers import TOKEN
 
@@ -45,6 +46,10 @@ def test_routed_searches_of_every_expert_domain_answer(tmp_path: Path) -> None:
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 200
         degraded = client.get("/readyz").json()["degraded"]
+        # Documents at bf16 where the CPU has bf16 dot products (the probe check agrees here).
+        documents = "bf16" if cpu_has_bf16() else "fp32"
+        precision = {"queries": "fp32", "documents": documents}
+        assert client.get("/readyz").json()["precision"] == precision
         routed = set()
         for domain, query in queries:
             response = client.post("/v1/search", json={"query": query, "k": 3})

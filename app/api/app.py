@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             caught_up=lambda: replication.ready,
             indexing=lambda: bootstrap is not None and not bootstrap.done(),
             progress=progress,
+            precisions=ctx.encoder.precisions,
         )
         app.state.stats = StatsService(
             ctx.encoder,

@@ -125,6 +125,9 @@ class FakeEncoder:
 
     # -- encoding ------------------------------------------------------------------------
 
+    def precisions(self) -> dict[str, str]:
+        return {"queries": "fp32", "documents": "fp32"}  # no model: exact arithmetic only
+
     def encode(
         self,
         texts: Sequence[str],

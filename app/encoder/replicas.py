@@ -91,6 +91,9 @@ class EncoderReplicas:
     def document_precision(self) -> str:
         return self.replicas[0].document_precision
 
+    def precisions(self) -> dict[str, str]:
+        return {"queries": self.replicas[0].precision, "documents": self.document_precision}
+
     def ensure_resident(self, names: Sequence[str]) -> None:
         for encoder in self.replicas:
             encoder.ensure_resident(names)

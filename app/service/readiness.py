@@ -32,6 +32,7 @@ class ReadinessService:
         caught_up: Callable[[], bool],  # the Redis change log replayed (always, without Redis)
         indexing: Callable[[], bool],  # first-start corpus indexing still running
         progress: IndexingProgress | None = None,
+        precisions: Callable[[], dict[str, str]] = dict,  # what queries / documents run at
     ) -> None:
         self.registry = registry
         self.indexes = indexes
@@ -39,6 +40,7 @@ class ReadinessService:
         self.caught_up = caught_up
         self.indexing = indexing
         self.progress = progress if progress is not None else IndexingProgress()
+        self.precisions = precisions
 
     def check(self) -> Readiness:
         """200 `ready`: fully indexed. 200 `serving`: first-start indexing is still filling
@@ -55,7 +57,12 @@ class ReadinessService:
                 "degraded": degraded,
             }
             return Readiness(False, body)
-        body = {"status": "ready", "experts": len(self.registry.names()), "degraded": degraded}
+        body = {
+            "status": "ready",
+            "experts": len(self.registry.names()),
+            "degraded": degraded,
+            "precision": self.precisions(),
+        }
         if self.indexing():
             body["status"] = "serving"
             body["indexing"] = {
