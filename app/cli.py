@@ -22,6 +22,10 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8000, help="TCP port."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    http: str = typer.Option(
+        "auto", help="HTTP parser: auto (httptools where installed), httptools, h11."
+    ),
+    loop: str = typer.Option("auto", help="Event loop: auto (uvloop where installed), asyncio."),
 ) -> None:
     """Run the HTTP gateway (settings come from RR_* environment variables)."""
     import uvicorn
@@ -31,7 +35,14 @@ def serve(
 
     configure_logging(log_level)
     uvicorn.run(
-        create_app(), host=host, port=port, log_level=log_level, log_config=None, access_log=False
+        create_app(),
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=None,
+        access_log=False,
+        http=http,  # uvicorn validates the name
+        loop=loop,
     )
 
 

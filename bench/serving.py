@@ -296,6 +296,9 @@ def running(
                 process.wait()
 
 
+HTTP_STACK: list[str] = []  # `rr serve` options for the HTTP parser and loop (--http-stack)
+
+
 def gateway(root: Path, log_path: Path, extra_env: dict[str, str] | None = None):
     env = (
         os.environ
@@ -313,6 +316,7 @@ def gateway(root: Path, log_path: Path, extra_env: dict[str, str] | None = None)
         "{port}",
         "--log-level",
         "warning",
+        *HTTP_STACK,
     ]
     return running("gateway", cmd, env, log_path, "/readyz")
 
@@ -592,6 +596,10 @@ def main(
     ] = DEFAULT_DATASETS,
     out_dir: Annotated[Path, Opt(help="Where bench.md and bench.png go.")] = ROOT / "reports",
     seed: Annotated[int, Opt(help="Query order, adapters and index vectors.")] = 0,
+    http_stack: Annotated[
+        str,
+        Opt(help="Gateway HTTP parser and loop: auto (httptools + uvloop), or h11 (+ asyncio)."),
+    ] = "auto",
     lora_layers: Annotated[
         str,
         Opt(
@@ -603,6 +611,8 @@ def main(
     """Run every variant, print the table and ratios, write reports/bench.md and bench.png."""
     if quick:
         requests, concurrency = 200, "1,32"
+    if http_stack == "h11":
+        HTTP_STACK[:] = ["--http", "h11", "--loop", "asyncio"]
     levels = _levels(concurrency)
     # The gateway caches query embeddings; benchmark inputs repeat (1,717 unique test
     # queries, the same bodies at every point), so by default the cache is off and every
