@@ -35,8 +35,9 @@ class Settings(BaseSettings):
     max_resident_experts: int = Field(default=16, ge=1)
     max_seq_length: int = Field(default=256, ge=8, le=512)
     encode_batch_size: int = Field(default=64, ge=1)
-    # `auto`: bf16 autocast on CUDA or on CPUs with AMX (measured ~2.7x faster there at
-    # cosine >= 0.99997), else fp32 (bf16 without AMX is slower).
+    # Queries. `auto`: where the hardware has bf16 dot products (CUDA, AVX512-BF16, AMX),
+    # measured at start-up: bf16 autocast if it is faster than fp32 on a probe batch and
+    # agrees with it (cosine >= 0.9999), else fp32; `/readyz` says which. Elsewhere fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # Documents (indexing, uploads) only; queries keep `precision`. `auto`: bf16 autocast
     # where the hardware has bf16 dot products (CUDA, AVX512-BF16, AMX) and a start-up check

@@ -1,6 +1,7 @@
 """Shortcuts the service takes and the exact paths that stand in when one fails.
 
-Each shortcut (hidden-state reuse, the identity-expert skip, the embedding caches) has an
+Each shortcut (hidden-state reuse and its merged expert layers, the plain base pass, the
+identity-expert skip, the embedding caches) has an
 exact path that gives the same answer at full cost. A shortcut that fails its start-up
 self-check or raises while serving is counted here; reuse and the identity skip are then
 switched off for the process (their failures are deterministic: they would fail again), a
@@ -15,10 +16,19 @@ import threading
 log = logging.getLogger(__name__)
 
 HIDDEN_STATE_REUSE = "hidden_state_reuse"
+MERGED_EXPERT_LAYERS = "merged_expert_layers"  # reused expert passes on merged weights
+PLAIN_BASE_PASS = "plain_base_pass"  # base passes on the model without LoRA wrappers
 IDENTITY_EXPERT_SKIP = "identity_expert_skip"
 EMBEDDING_CACHE = "embedding_cache"
 SHARED_EMBEDDING_CACHE = "shared_embedding_cache"
-ALL = (HIDDEN_STATE_REUSE, IDENTITY_EXPERT_SKIP, EMBEDDING_CACHE, SHARED_EMBEDDING_CACHE)
+ALL = (
+    HIDDEN_STATE_REUSE,
+    MERGED_EXPERT_LAYERS,
+    PLAIN_BASE_PASS,
+    IDENTITY_EXPERT_SKIP,
+    EMBEDDING_CACHE,
+    SHARED_EMBEDDING_CACHE,
+)
 
 
 class Shortcuts:

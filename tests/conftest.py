@@ -33,6 +33,7 @@ def settings(tmp_path: Path) -> Settings:
         admin_token=TOKEN,
         max_request_bytes=4 * 1024 * 1024,
         max_query_chars=500,
+        precision="fp32",  # exact queries: tests compare served vectors with fp32 references
     )
 
 

@@ -59,6 +59,7 @@ def test_register_upload_search_delete_restart(fake_settings, lora_a, lora_b) ->
         assert body["hits"][0]["dense_score"] == pytest.approx(expected, abs=1e-5)
         listing = {e["name"]: e for e in client.get("/v1/experts").json()["experts"]}
         assert listing["code"]["documents"] == 2 and listing["aero"]["pilot_count"] == 1
+        assert listing["code"]["resident"] and listing["code"]["resident_bytes"] > 0
         assert client.get("/readyz").json() == {
             "status": "ready",
             "experts": 2,
@@ -162,6 +163,10 @@ def test_metrics_count_routing_and_searches(fake_client: TestClient, lora_a, lor
     assert 'rr_routing_decisions_total{expert="code"} 1.0' in text
     assert 'rr_index_documents{index="aero"} 2.0' in text
     assert 'rr_shortcut_degraded{shortcut="hidden_state_reuse"} 0.0' in text
+    held = fake_client.get("/v1/experts/code").json()["resident_bytes"]
+    prefix = 'rr_expert_resident_bytes{expert="code"} '
+    (line,) = [x for x in text.splitlines() if x.startswith(prefix)]
+    assert held > 0 and float(line.removeprefix(prefix)) == held
 
 
 def test_fast_tier_never_imports_torch(tmp_path: Path, lora_a: Path) -> None:

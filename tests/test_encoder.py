@@ -190,3 +190,78 @@ def test_eval_cache_embeds_documents_as_the_server_does(tmp_path: Path) -> None:
     assert sorted(p.stem for p in cache.glob("*.npy")) == sorted(
         [corpus_key(dataset, 256), corpus_key(dataset, 256, "bf16")]
     )
+
+
+def test_merged_expert_layers_equal_peft_and_fall_back_to_its_hooks(
+    adapters_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reused expert pass runs the top layers on merged weights (W + scale * B @ A), one
+    plain pass per expert in the batch: equal to peft's full pass within 1e-5, also for a
+    mixed batch; if the merged path raises, peft's hooks serve the same vectors."""
+    from app.encoder.merged_experts import MergedTopLayers
+    from app.shortcuts import HIDDEN_STATE_REUSE, MERGED_EXPERT_LAYERS
+    from tests.helpers import make_adapter
+
+    modules = ("query", "key", "value", "dense")  # the shipped experts' recipe
+    dirs = {f"top{i}": make_adapter(10 + i, adapters_root, modules, (4, 5)) for i in (1, 2)}
+    mixed = ["top1", "top2", "top1", "top2"]
+    reference = LoraEncoder(lambda name: dirs[name]).encode(TEXTS, mixed)
+    encoder = LoraEncoder(lambda name: dirs[name], reuse_layer=4)
+    assert encoder.check_reuse() is not None
+    assert encoder.shortcuts.degraded == {}
+    runs = []
+    real_run = MergedTopLayers.run
+    monkeypatch.setattr(
+        MergedTopLayers, "run", lambda self, *a: runs.append(a[2]) or real_run(self, *a)
+    )
+    encoder.ensure_resident(["top1", "top2"])
+    encoder.encode(TEXTS, routing=[True] * len(TEXTS))
+    merged = encoder.encode(TEXTS, mixed)
+    assert sorted(sum(runs, [])) == sorted(mixed) and encoder.stats.reused_rows == len(TEXTS)
+    assert np.abs(merged - reference).max() <= 1e-5
+    # Memory of a resident expert: its LoRA plus two layers' merged Linear weights.
+    layer_weights = 4 * 384 * 384 + 2 * 384 * 1536
+    assert encoder._merged.bytes_of("top1") == 2 * layer_weights * 4
+    assert encoder.resident_bytes("top1") > encoder._merged.bytes_of("top1")
+    encoder.unload("top1")
+    assert not encoder._merged.has("top1") and encoder.resident_bytes("top1") == 0
+
+    def broken(self, *args):
+        raise RuntimeError("merged layers broke")
+
+    monkeypatch.setattr(MergedTopLayers, "run", broken)
+    encoder.encode(TEXTS, routing=[True] * len(TEXTS))
+    hooks = encoder.encode(TEXTS, mixed)
+    assert np.abs(hooks - reference).max() <= 1e-5
+    assert MERGED_EXPERT_LAYERS in encoder.shortcuts.degraded
+    assert encoder.shortcuts.enabled(HIDDEN_STATE_REUSE)
+
+
+def test_plain_base_pass_equals_the_anchor_model(encoder: LoraEncoder) -> None:
+    from app.shortcuts import PLAIN_BASE_PASS
+
+    assert encoder.check_plain_base() == 0.0
+    assert encoder.shortcuts.enabled(PLAIN_BASE_PASS)
+    tokens = encoder.tokenizer(TEXTS, truncation=True, max_length=256)
+    batch = encoder._pad(tokens, np.arange(len(TEXTS)))
+    assert encoder._plain(**batch).last_hidden_state.shape[0] == len(TEXTS)
+    # It shares the served model's weights: no second copy in memory.
+    served = {p.data_ptr() for p in encoder.model.parameters()}
+    assert all(p.data_ptr() in served for p in encoder._plain.parameters())
+
+
+def test_query_precision_by_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` on bf16 hardware: bf16 only if it is faster on the probe batch and agrees with
+    fp32; a disagreeing or slower bf16 leaves queries on fp32."""
+    import app.encoder.lora_encoder as lora
+    from app.encoder.base_model import MEASURE, pick_precision
+
+    encoder = LoraEncoder(lambda name: Path("/none"))
+    figures = encoder.measure_precision(rounds=1)
+    faster = figures["bf16_ms"] < figures["fp32_ms"]
+    assert figures["cosine"] >= lora.QUERY_MIN_COSINE
+    assert encoder.precision == figures["chosen"] == ("bf16" if faster else "fp32")
+    monkeypatch.setattr(lora, "QUERY_MIN_COSINE", 1.01)
+    assert encoder.measure_precision(rounds=1)["chosen"] == "fp32" == encoder.precision
+    assert encoder.use_precision("bf16") == "bf16"  # an explicit setting is not measured
+    assert pick_precision("auto", "cuda") == MEASURE

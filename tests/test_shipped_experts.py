@@ -46,9 +46,12 @@ def test_routed_searches_of_every_expert_domain_answer(tmp_path: Path) -> None:
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 200
         degraded = client.get("/readyz").json()["degraded"]
-        # Documents at bf16 where the CPU has bf16 dot products (the probe check agrees here).
+        # Documents at bf16 where the CPU has bf16 dot products (the probe check agrees here);
+        # queries at what the start-up measurement chose there.
+        encoder = client.app.state.ctx.encoder
         documents = "bf16" if cpu_has_bf16() else "fp32"
-        precision = {"queries": "fp32", "documents": documents}
+        measured = encoder.precision_check["chosen"] if cpu_has_bf16() else "fp32"
+        precision = {"queries": measured, "documents": documents}
         assert client.get("/readyz").json()["precision"] == precision
         routed = set()
         for domain, query in queries:

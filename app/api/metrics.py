@@ -89,6 +89,14 @@ class _StatsCollector:
             "rr_adapter_evictions", "LoRA adapters evicted", value=pool.evictions
         )
         yield GaugeMetricFamily("rr_adapters_resident", "Adapters loaded", value=snap.resident)
+        held = GaugeMetricFamily(
+            "rr_expert_resident_bytes",
+            "Memory a resident expert holds over all model workers (LoRA + merged layers)",
+            labels=["expert"],
+        )
+        for name, size in sorted(snap.resident_bytes.items()):
+            held.add_metric([name], size)
+        yield held
         yield CounterMetricFamily(
             "rr_expert_rows_reused",
             "Expert passes that ran only the top layers, from the routing pass's hidden states",

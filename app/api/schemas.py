@@ -164,6 +164,11 @@ class ExpertOut(BaseModel):
     )
     documents: int
     resident: bool
+    resident_bytes: int = Field(
+        0,
+        description="Memory its adapter holds while resident, over all model workers, "
+        "merged top-layer weights included.",
+    )
     state: Literal["ready", "indexing"] = Field(
         "ready", description='"indexing" while first-start indexing fills its index.'
     )

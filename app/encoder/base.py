@@ -48,6 +48,10 @@ class QueryEncoder(Protocol):
 
     def is_resident(self, name: str) -> bool: ...
 
+    def resident_bytes(self, name: str) -> int:
+        """Memory the expert holds while resident, over all model workers (0 if not)."""
+        ...
+
     @property
     def stats(self) -> PoolStats: ...
 

@@ -85,11 +85,16 @@ def pick_document_precision(setting: str, device: str) -> str:
     return "bf16" if device.startswith("cuda") or cpu_has_bf16() else "fp32"
 
 
+MEASURE = "measure"  # query precision decided at start-up by timing both on a probe batch
+
+
 def pick_precision(setting: str, device: str) -> str:
-    """`auto`: bf16 where the hardware runs it fast (CUDA, CPUs with AMX), else fp32."""
+    """`auto`: where the hardware has bf16 dot products (CUDA, AVX512-BF16, AMX), decided
+    by measurement at start-up (`LoraEncoder.measure_precision`: bf16 autocast if it is
+    faster on a probe batch and agrees with fp32), else fp32."""
     if setting != "auto":
         return setting
-    return "bf16" if device == "cuda" or cpu_has_amx() else "fp32"
+    return MEASURE if device.startswith("cuda") or cpu_has_bf16() else "fp32"
 
 
 def load_tokenizer() -> Any:

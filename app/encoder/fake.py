@@ -125,6 +125,10 @@ class FakeEncoder:
 
     # -- encoding ------------------------------------------------------------------------
 
+    def resident_bytes(self, name: str) -> int:
+        weights = self._adapters.get(name)
+        return 0 if weights is None else int(weights.nbytes) * self._count
+
     def precisions(self) -> dict[str, str]:
         return {"queries": "fp32", "documents": "fp32"}  # no model: exact arithmetic only
 

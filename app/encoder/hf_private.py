@@ -89,3 +89,24 @@ def run_layer(layer: Any, hidden: Any, attention_mask: Any) -> Any:
     """One encoder layer's output hidden states (4.x layers return a tuple, 5.x a tensor)."""
     output = layer(hidden, attention_mask=attention_mask)
     return output[0] if isinstance(output, tuple) else output
+
+
+def lora_deltas(peft_model: Any, adapter: str, first_layer: int) -> dict[tuple[int, str], Any]:
+    """`{(layer, module path inside the layer): delta}` for each LoRA module of `adapter` in
+    encoder layers >= `first_layer`, where `delta` is what merging would add to the base
+    weight (peft's `get_delta_weight`: scale * B @ A, transposed for fan-in-fan-out)."""
+    import re
+
+    pattern = re.compile(r"encoder\.layer\.(\d+)\.(.+)$")
+    deltas: dict[tuple[int, str], Any] = {}
+    for path, module in peft_model.get_base_model().named_modules():
+        if adapter not in getattr(module, "lora_A", {}):
+            continue
+        match = pattern.search(path)
+        if match is None or int(match.group(1)) < first_layer:
+            continue
+        get_delta = getattr(module, "get_delta_weight", None)
+        if get_delta is None or getattr(module, "use_dora", {}).get(adapter, False):
+            raise PrivateApiUnavailable("peft LoRA layer without a plain get_delta_weight")
+        deltas[(int(match.group(1)), match.group(2))] = get_delta(adapter).detach()
+    return deltas

@@ -7,6 +7,7 @@ switched per request (switching races under concurrency).
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import threading
@@ -22,15 +23,23 @@ import numpy as np
 from app.encoder import hf_private
 from app.encoder.base_model import (
     EMBEDDING_DIM,
+    MEASURE,
     linear_module_shapes,
     load_base_model,
     load_tokenizer,
     mean_pool,
     pick_document_precision,
+    pick_precision,
 )
 from app.encoder.hidden_states import HiddenStateCache
+from app.encoder.merged_experts import MergedTopLayers
 from app.errors import InvalidAdapter
-from app.shortcuts import HIDDEN_STATE_REUSE, Shortcuts
+from app.shortcuts import (
+    HIDDEN_STATE_REUSE,
+    MERGED_EXPERT_LAYERS,
+    PLAIN_BASE_PASS,
+    Shortcuts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,9 @@ PROBE_DOCUMENTS = (
     "controlled trial of 400 participants followed for two years.",
 )
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
+# Queries at bf16 must agree with fp32 to this cosine on the probe batch (and be faster).
+QUERY_MIN_COSINE = 0.9999
+PROBE_QUERIES = tuple(f"{text} {i}" for i, text in enumerate(PROBE_TEXTS * 11))[:32]
 
 AdapterLocator = Callable[[str], Path]
 """Maps an expert name to the directory holding its adapter; raises NotFound if gone."""
@@ -128,6 +140,12 @@ class LoraEncoder:
         self.tokenizer = load_tokenizer()
         base = load_base_model(device)
         self.module_shapes = linear_module_shapes(base)
+        self._layer_count = len(base.encoder.layer)
+        # The base model without LoRA wrappers, sharing every weight tensor with the served
+        # model (peft wraps `base` in place): base passes skip peft's per-module checks and the
+        # anchor's no-op LoRA, and merged expert layers run on its top layers.
+        shared = {id(t): t for t in (*base.parameters(), *base.buffers())}
+        self._plain = copy.deepcopy(base, shared)
         anchor = LoraConfig(r=1, lora_alpha=1, target_modules=["query"], init_lora_weights=True)
         self.model = get_peft_model(base, anchor, adapter_name=_ANCHOR).eval()
         self._resident: OrderedDict[str, None] = OrderedDict()
@@ -135,6 +153,11 @@ class LoraEncoder:
             hidden_states = HiddenStateCache(reuse_layer)
         self._hidden = hidden_states
         self.reuse_layer = None if hidden_states is None else hidden_states.layer
+        self._merged = (
+            None
+            if self.reuse_layer is None
+            else MergedTopLayers(self._plain.encoder.layer[self.reuse_layer :], self.reuse_layer)
+        )
         self.shortcuts = shortcuts if shortcuts is not None else Shortcuts()
         self._lock = threading.RLock()
         self.stats = PoolStats()
@@ -164,7 +187,7 @@ class LoraEncoder:
         """Drop an expert's adapter (it was deleted or replaced)."""
         with self._lock:
             if name in self._resident:
-                self.model.delete_adapter(name)
+                self._delete_adapter(name)
                 del self._resident[name]
             if self._hidden is not None:
                 self._hidden.forget_expert(name)
@@ -173,7 +196,7 @@ class LoraEncoder:
         for victim in [n for n in self._resident if n not in keep]:
             if len(self._resident) <= size:
                 break
-            self.model.delete_adapter(victim)
+            self._delete_adapter(victim)
             del self._resident[victim]
             self.stats.evictions += 1
 
@@ -200,9 +223,39 @@ class LoraEncoder:
         ]
         if self._hidden is not None:
             self._hidden.note_expert(name, min(layers) if layers else 0)
+        self._merge(name, layers)
         self._resident[name] = None
         self.stats.loads += 1
         self.stats.last_load_ms = (time.perf_counter() - started) * 1000
+
+    def _merge(self, name: str, layers: list[int]) -> None:
+        """Merged top-layer weights for an expert whose pass can start from hidden states."""
+        merged = self._merged
+        if merged is None or self.reuse_layer is None:
+            return
+        merged.remove(name)  # a reloaded expert must never run on old weights
+        if not layers or min(layers) < self.reuse_layer:
+            return
+        if not self.shortcuts.enabled(MERGED_EXPERT_LAYERS):
+            return
+        try:
+            merged.add(name, self.model)
+        except Exception as exc:  # the peft hooks path serves instead
+            self.shortcuts.failed(MERGED_EXPERT_LAYERS, exc)
+
+    def _delete_adapter(self, name: str) -> None:
+        self.model.delete_adapter(name)
+        if self._merged is not None:
+            self._merged.remove(name)
+
+    def resident_bytes(self, name: str) -> int:
+        """Memory an expert holds while resident: its LoRA weights plus merged layers."""
+        lora = sum(
+            p.numel() * p.element_size()
+            for path, p in self.model.named_parameters()
+            if f".{name}." in path
+        )
+        return lora + (self._merged.bytes_of(name) if self._merged is not None else 0)
 
     # -- encoding -----------------------------------------------------------------------
 
@@ -309,6 +362,42 @@ class LoraEncoder:
             log.warning("documents stay fp32: %s agrees with it to cosine %.6f", wanted, cosine)
         return cosine
 
+    def measure_precision(self, texts: Sequence[str] = PROBE_QUERIES, rounds: int = 3) -> dict:
+        """Time fp32 and bf16 autocast on a probe batch of queries; keep bf16 if it is faster
+        and agrees with fp32 (cosine >= QUERY_MIN_COSINE), else fp32. Returns the figures."""
+        timings: dict[str, float] = {}
+        outputs: dict[str, np.ndarray] = {}
+        for precision in ("fp32", "bf16"):
+            self.precision = precision
+            self.encode(texts)  # warm: first calls at a precision are slow
+            best = float("inf")
+            for _ in range(rounds):
+                started = time.perf_counter()
+                outputs[precision] = self.encode(texts)
+                best = min(best, time.perf_counter() - started)
+            timings[precision] = best * 1000
+        cosine = float(np.min(np.sum(outputs["fp32"] * outputs["bf16"], axis=1)))
+        faster = timings["bf16"] < timings["fp32"]
+        agrees = cosine >= QUERY_MIN_COSINE and bool(np.isfinite(outputs["bf16"]).all())
+        self.precision = "bf16" if faster and agrees else "fp32"
+        figures = {
+            "chosen": self.precision,
+            "fp32_ms": round(timings["fp32"], 2),
+            "bf16_ms": round(timings["bf16"], 2),
+            "cosine": round(cosine, 6),
+            "batch": len(texts),
+        }
+        log.info("query precision by measurement: %s", figures)
+        return figures
+
+    def use_precision(self, setting: str) -> str:
+        """Queries at the precision the server picks for `setting` here (measured where it
+        says `auto` on bf16 hardware), so `rr eval` measures what ships."""
+        self.precision = pick_precision(setting, self.device)
+        if self.precision == MEASURE:
+            self.measure_precision()
+        return self.precision
+
     def use_document_precision(self, setting: str) -> str:
         """Documents at the precision the server picks for `setting` on this machine, behind
         the same start-up check: `rr eval` and `rr tune-fusion` embed documents as the
@@ -333,9 +422,11 @@ class LoraEncoder:
         keep = bool(remember) and self._keeps_states
         with torch.inference_mode(), self._autocast(precision):
             if all(a == BASE for a in adapters):
-                # The active adapter is the no-op anchor (B = 0): exactly the base model,
-                # without the per-call cost of peft's mixed-batch hooks (~3 ms at batch 1).
-                output = self.model(**batch, output_hidden_states=keep)
+                # Exactly the base model, without the per-call cost of peft's mixed-batch hooks
+                # (~3 ms at batch 1) or the anchor's LoRA: the plain model (same weights), else
+                # the anchor-only PeftModel (the no-op anchor, B = 0).
+                plain = self.shortcuts.enabled(PLAIN_BASE_PASS)
+                output = (self._plain if plain else self.model)(**batch, output_hidden_states=keep)
             else:
                 output = self.model(**batch, adapter_names=adapters, output_hidden_states=keep)
             if keep and self._hidden is not None:  # routing rows: keep the reuse layer's input
@@ -354,8 +445,11 @@ class LoraEncoder:
             return_tensors="pt",
         ).to(self.device)
 
-    def _forward_from_hidden(self, states: list[Any], adapters: list[str]) -> np.ndarray:
-        """Run only the layers from `reuse_layer` up, from the base pass's hidden states."""
+    def _forward_from_hidden(
+        self, states: list[Any], adapters: list[str], merged: bool | None = None
+    ) -> np.ndarray:
+        """Run only the layers from `reuse_layer` up, from the base pass's hidden states: on
+        the experts' merged weights where they have them, else through peft's hooks."""
         torch = self._torch
         longest = max(len(h) for h in states)
         hidden = states[0].new_zeros((len(states), longest, states[0].shape[-1]))
@@ -364,6 +458,21 @@ class LoraEncoder:
             hidden[j, : len(state)] = state
             mask[j, : len(state)] = 1
         bert: Any = self.model.get_base_model()  # a BertModel (peft types it loosely)
+        if merged is None:
+            merged = self.shortcuts.enabled(MERGED_EXPERT_LAYERS)
+        tables = self._merged
+        if merged and tables is not None and all(tables.has(a) for a in adapters):
+            try:
+                with torch.inference_mode(), self._autocast():
+                    top = tables.run(
+                        hidden,
+                        mask,
+                        adapters,
+                        lambda m, h: hf_private.encoder_attention_mask(bert, m, h),
+                    )
+                    return mean_pool(top, mask).cpu().numpy()
+            except Exception as exc:  # the peft hooks path below serves instead
+                self.shortcuts.failed(MERGED_EXPERT_LAYERS, exc)
         with (
             torch.inference_mode(),
             self._autocast(),
@@ -378,26 +487,38 @@ class LoraEncoder:
 
     def check_reuse(self, texts: Sequence[str] = PROBE_TEXTS) -> float | None:
         """Compare hidden-state reuse with a full pass of a random top-layer adapter on
-        `texts`; switch reuse off for the process if they differ or the check raises.
+        `texts`, through peft's hooks and on merged weights; switch reuse off for the
+        process if the hooks path differs or the check raises, and only the merged layers
+        off if they alone differ.
 
-        Returns the max abs difference, or None when reuse is not configured or is off.
+        Returns the largest max abs difference of the paths that stay on, or None when
+        reuse is not configured or is off.
         """
         if self._hidden is None or not self.shortcuts.enabled(HIDDEN_STATE_REUSE):
             return None
         tolerance = REUSE_TOLERANCE.get(self.precision, REUSE_TOLERANCE["fp32"])
         try:
             with self._lock:
-                difference = self._reuse_difference(list(texts))
+                hooks, merged = self._reuse_differences(list(texts))
         except Exception as exc:
             reason = f"self-check raised {type(exc).__name__}: {exc}"
             self.shortcuts.switch_off(HIDDEN_STATE_REUSE, reason)
             return None
-        if not difference <= tolerance:  # NaN fails too
-            reason = f"self-check max abs diff {difference:.3g} > {tolerance:g}"
+        if not hooks <= tolerance:  # NaN fails too
+            reason = f"self-check max abs diff {hooks:.3g} > {tolerance:g}"
             self.shortcuts.switch_off(HIDDEN_STATE_REUSE, reason)
-        return difference
+            return hooks
+        if merged is None:
+            return hooks
+        if not merged <= tolerance:
+            reason = f"self-check max abs diff {merged:.3g} > {tolerance:g}"
+            self.shortcuts.switch_off(MERGED_EXPERT_LAYERS, reason)
+            return hooks
+        return max(hooks, merged)
 
-    def _reuse_difference(self, texts: list[str]) -> float:
+    def _reuse_differences(self, texts: list[str]) -> tuple[float, float | None]:
+        """Max abs difference to a full pass of the reused pass through peft's hooks and, if
+        the merged layers are on, on merged weights."""
         torch = self._torch
         tokens = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
         rows = np.arange(len(texts))
@@ -413,10 +534,33 @@ class LoraEncoder:
         try:
             probe = [_PROBE] * len(texts)
             full = self._forward(texts, tokens, rows, probe, [False] * len(texts))
-            reused = self._forward_from_hidden(states, probe)
+            hooks = self._forward_from_hidden(states, probe, merged=False)
+            merged = None
+            self._merge(_PROBE, list(range(self.reuse_layer or 0, self._layer_count)))
+            if self._merged is not None and self._merged.has(_PROBE):
+                merged = float(np.abs(full - self._forward_from_hidden(states, probe)).max())
         finally:
-            self.model.delete_adapter(_PROBE)
-        return float(np.abs(full - reused).max())
+            self._delete_adapter(_PROBE)
+        return float(np.abs(full - hooks).max()), merged
+
+    def check_plain_base(self, texts: Sequence[str] = PROBE_TEXTS) -> float:
+        """Start-up self-check of the plain base pass: it must equal the anchor-only
+        PeftModel's (the anchor adds exactly zero); if not, base passes go through peft."""
+        torch = self._torch
+        tokens = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
+        batch = self._pad(tokens, np.arange(len(texts)))
+        try:
+            with self._lock, torch.inference_mode(), self._autocast():
+                plain = self._plain(**batch).last_hidden_state
+                exact = self.model(**batch).last_hidden_state
+            difference = float((plain - exact).abs().max())
+        except Exception as exc:
+            self.shortcuts.switch_off(PLAIN_BASE_PASS, f"self-check raised {exc!r}")
+            return float("nan")
+        if not difference <= 1e-6:
+            reason = f"self-check max abs diff {difference:.3g} > 1e-06"
+            self.shortcuts.switch_off(PLAIN_BASE_PASS, reason)
+        return difference
 
     def _add_probe_adapter(self) -> None:
         from peft import LoraConfig

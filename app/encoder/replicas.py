@@ -17,7 +17,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from app.encoder.base_model import EMBEDDING_DIM, load_tokenizer
+from app.encoder.base_model import EMBEDDING_DIM, MEASURE, load_tokenizer
 from app.encoder.hidden_states import HiddenStateCache
 from app.encoder.lora_encoder import AdapterLocator, LoraEncoder, PoolStats
 from app.shortcuts import HIDDEN_STATE_REUSE, Shortcuts
@@ -48,6 +48,7 @@ class EncoderReplicas:
         ]
         self.reuse_check: list[float | None] = []  # max abs diff per replica at start-up
         self.document_check = 1.0  # probe documents' lowest cosine to fp32 at start-up
+        self.precision_check: dict = {}  # the query-precision measurement, where one ran
         self.max_seq_length = self.replicas[0].max_seq_length
         self.module_shapes = self.replicas[0].module_shapes
         # Fast tokenizers must not be used from two threads at once: the request path's
@@ -58,8 +59,14 @@ class EncoderReplicas:
     def warm_up(self) -> None:
         """The first forward pass of a model is slow: not a user's request. Then each replica
         checks hidden-state reuse against a full pass (off for all of them if one fails)."""
+        first = self.replicas[0]
+        if first.precision == MEASURE:  # `auto` on bf16 hardware: one measurement for all
+            self.precision_check = first.measure_precision()
+            for encoder in self.replicas:
+                encoder.precision = first.precision
         for encoder in self.replicas:
             encoder.encode(["warm up"])
+            encoder.check_plain_base()
         # One document precision for all replicas: the lowest agreement decides.
         cosine = min(encoder.check_document_precision() for encoder in self.replicas)
         if any(encoder.document_precision == "fp32" for encoder in self.replicas):
@@ -90,6 +97,9 @@ class EncoderReplicas:
     @property
     def document_precision(self) -> str:
         return self.replicas[0].document_precision
+
+    def resident_bytes(self, name: str) -> int:
+        return sum(encoder.resident_bytes(name) for encoder in self.replicas)
 
     def precisions(self) -> dict[str, str]:
         return {"queries": self.replicas[0].precision, "documents": self.document_precision}

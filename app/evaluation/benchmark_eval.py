@@ -48,6 +48,7 @@ class EvalResult:
     in_domain: list[str] = field(default_factory=list)
     zero_shot: list[str] = field(default_factory=list)
     document_precision: str = "fp32"  # what the documents were embedded at (as served)
+    precision: str = "fp32"  # what the queries were embedded at (as served)
 
     def record(self, dataset: str, method: str, run: Run, qrels: dict[str, dict[str, int]]) -> None:
         from ranx import Qrels, evaluate
@@ -80,6 +81,7 @@ class EvalResult:
             **self.scores,
             "routing": self.routing,
             "document_precision": self.document_precision,
+            "precision": self.precision,
             "averages": self.averages(),
             "routing_accuracy": self.routing_accuracy,
             "datasets": {"in_domain": self.in_domain, "zero_shot": self.zero_shot},
@@ -138,6 +140,7 @@ def run_eval(
     k: int = 100,
     seed: int = 13,
     document_precision: str = "fp32",
+    precision: str = "fp32",
 ) -> EvalResult:
     from app.core.router import Router
     from app.encoder.lora_encoder import BASE as BASE_ADAPTER
@@ -156,7 +159,10 @@ def run_eval(
         adapters["multitask"] = multitask_dir
 
     encoder = LoraEncoder(adapter_locator(adapters), capacity=len(adapters) + 1)
-    result = EvalResult(document_precision=encoder.use_document_precision(document_precision))
+    result = EvalResult(
+        document_precision=encoder.use_document_precision(document_precision),
+        precision=encoder.use_precision(precision),
+    )
     entries = [(e, True) for e in benchmark.experts] + [(e, False) for e in benchmark.zero_shot]
     for path in extra_zero_shot or []:
         entries.append((BenchmarkSet(path.name, path, path / "qrels/test.tsv", None), False))

@@ -48,12 +48,14 @@ def register(cli: typer.Typer) -> None:
             extra_zero_shot,
             _load_variants(variants_path(cache_dir)),
             document_precision=cli_settings().document_precision,
+            precision=cli_settings().precision,
         )
         experts = experts_dir or cli_settings().experts_dir
         data = {**result.to_json(), "training": _training_summary(experts)}
         precision = (
-            f"Documents embedded at {result.document_precision}, as the server embeds them on "
-            "this machine (`RR_DOCUMENT_PRECISION`); queries in fp32."
+            f"Documents embedded at {result.document_precision} and queries at "
+            f"{result.precision}, as the server embeds them on this machine "
+            "(`RR_DOCUMENT_PRECISION`, `RR_PRECISION`)."
         )
         write_report(data, out, notes=[*_notes(), precision])
         typer.echo("\n".join(averages_table(data)))

@@ -17,6 +17,7 @@ class ExpertInfo:
     spec: ExpertSpec
     documents: int  # in its index now
     resident: bool  # its adapter is loaded on some model worker
+    resident_bytes: int = 0  # what its adapter (and merged layers) hold in memory
     indexing: Progress | None = None  # first-start indexing still filling its index
 
 
@@ -37,7 +38,11 @@ class CatalogService:
         spec = self.registry.get(name).spec  # NotFound if unknown
         documents = len(self.indexes.get(name)) if name in self.indexes else 0
         return ExpertInfo(
-            spec, documents, self.encoder.is_resident(name), self.progress.filling(name)
+            spec,
+            documents,
+            self.encoder.is_resident(name),
+            self.encoder.resident_bytes(name),
+            self.progress.filling(name),
         )
 
     def list(self) -> list[ExpertInfo]:

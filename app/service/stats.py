@@ -46,6 +46,7 @@ class ServiceSnapshot:
     shared_cache: CacheSnapshot | None
     shared_cache_bypassed: int
     index_documents: dict[str, int] = field(default_factory=dict)
+    resident_bytes: dict[str, int] = field(default_factory=dict)  # expert -> bytes held
     follower: FollowerSnapshot | None = None
 
 
@@ -84,6 +85,7 @@ class StatsService:
             shared_cache=None if shared is None else CacheSnapshot(shared.hits, shared.misses),
             shared_cache_bypassed=0 if shared is None else shared.bypassed,
             index_documents=sizes,
+            resident_bytes={n: self.encoder.resident_bytes(n) for n in self.encoder.resident()},
             follower=None
             if follower is None
             else FollowerSnapshot(

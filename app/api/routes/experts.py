@@ -26,6 +26,7 @@ def describe(info: ExpertInfo) -> ExpertOut:
         fusion_weight=spec.fusion_weight,
         documents=info.documents,
         resident=info.resident,
+        resident_bytes=info.resident_bytes,
         state="ready" if info.indexing is None else "indexing",
         indexing=None
         if info.indexing is None
