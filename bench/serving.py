@@ -457,6 +457,28 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+BOUND: list = []  # the in-process pass costs of this run (bench.pass_cost), when measured
+
+
+def bound_lines(runs: dict[str, Run], at: int) -> list[str]:
+    """The served figures against the in-process two-pass bound measured in the same run."""
+    if not BOUND:
+        return []
+    cost = BOUND[0]
+    out = [f"- {line}" for line in cost.lines()]
+    for key, bound, what in (
+        ("a", cost.bound_routed_qps, "routed"),
+        ("c", cost.bound_base_qps, "base-only"),
+    ):
+        point = runs[key].at(at) if key in runs else None
+        if point is not None:
+            out.append(
+                f"- {VARIANT_LABELS[key]} / in-process {what} bound: QPS "
+                f"x{point.qps / bound:.2f} ({point.qps:.1f} / {bound:.1f})"
+            )
+    return out
+
+
 def ratios(runs: dict[str, Run], at: int) -> list[str]:
     def p50_at_c1(num: str, den: str, what: str) -> str:
         a, b = runs.get(num), runs.get(den)
@@ -479,6 +501,7 @@ def ratios(runs: dict[str, Run], at: int) -> list[str]:
         )
 
     return [
+        *bound_lines(runs, at),
         ratio("h", "a", "cost of the lexical leg and fusion"),
         p50_at_c1("h", "a", "hybrid vs dense, one client at a time"),
         ratio("a", "c", "cost of routing + expert pass"),
@@ -644,6 +667,12 @@ def main(
         names, source = build_experts(root, domains, experts, docs, seed, pilot_queries, layers)
         print(f"built {source} in {time.perf_counter() - started:.0f}s", flush=True)
         one = names[0]
+        if wanted & set("ac") and "trained experts copied" in source:  # pass_cost uses them
+            from bench.pass_cost import measure as pass_costs
+
+            print("measuring the in-process pass costs (bench.pass_cost)", flush=True)
+            BOUND[:] = [pass_costs(queries[:512], rounds=2)]
+            print("\n".join(BOUND[0].lines()), flush=True)
         bodies = {
             "a": encode_bodies([{"query": q, "k": 10, "mode": "dense"} for q in queries]),
             "h": encode_bodies([{"query": q, "k": 10, "mode": "hybrid"} for q in queries]),
