@@ -28,6 +28,7 @@ import typer
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 32
+SMALL_BATCH = 6  # the expert rows per encoder call the served c=32 mix forms (issue 14)
 
 
 @dataclass
@@ -36,6 +37,9 @@ class PassCost:
     base_ms_per_row: float  # routing pass, per row, one worker
     expert_ms_per_row: float  # expert pass from hidden states (merged weights), per row
     hooks_expert_ms_per_row: float  # the same through peft's mixed-batch hooks
+    small_expert_ms_per_row: float  # expert pass at SMALL_BATCH rows per call, merged weights
+    small_hooks_expert_ms_per_row: float  # the same through peft's hooks
+    precision: str  # what the queries ran at (as the server would pick here)
     routed_share: float  # of the queries, the share the router sends to an expert
     bound_routed_qps: float
     bound_base_qps: float
@@ -48,18 +52,26 @@ class PassCost:
         return [
             f"in-process bound ({self.workers} workers x 1 thread, batch {BATCH}): routed "
             f"{self.bound_routed_qps:.1f} queries/s, base-only {self.bound_base_qps:.1f}",
-            f"per row: routing (base) pass {self.base_ms_per_row:.2f} ms, expert pass "
-            f"{self.expert_ms_per_row:.2f} ms on merged weights "
-            f"({100 * self.expert_to_base:.0f}% of a base pass; through peft's hooks "
-            f"{self.hooks_expert_ms_per_row:.2f} ms, "
-            f"{100 * self.hooks_expert_ms_per_row / self.base_ms_per_row:.0f}%); "
+            f"per row ({self.precision}): routing (base) pass {self.base_ms_per_row:.2f} ms; "
+            f"expert pass at batch {BATCH} {self.expert_ms_per_row:.2f} ms on merged weights "
+            f"({self._share(self.expert_ms_per_row)} of a base pass), "
+            f"{self.hooks_expert_ms_per_row:.2f} ms through peft's hooks "
+            f"({self._share(self.hooks_expert_ms_per_row)}); at batch {SMALL_BATCH} "
+            f"{self.small_expert_ms_per_row:.2f} ms merged "
+            f"({self._share(self.small_expert_ms_per_row)}), "
+            f"{self.small_hooks_expert_ms_per_row:.2f} ms hooks "
+            f"({self._share(self.small_hooks_expert_ms_per_row)}); "
             f"{100 * self.routed_share:.0f}% of queries routed to an expert",
         ]
+
+    def _share(self, ms: float) -> str:
+        return f"{100 * ms / self.base_ms_per_row:.0f}%"
 
 
 def measure(queries: list[str], rounds: int = 3, workers: int = 2) -> PassCost:
     """Per-row costs on `workers` threads in parallel, as the gateway runs its workers."""
     from app.core.router import Router
+    from app.encoder.base_model import pick_document_precision, pick_precision
     from app.encoder.lora_encoder import BASE
     from app.encoder.replicas import EncoderReplicas
     from app.experts.artifacts import adapter_locator, list_expert_dirs, read_expert
@@ -73,6 +85,8 @@ def measure(queries: list[str], rounds: int = 3, workers: int = 2) -> PassCost:
         reuse_layer=settings.reuse_layer,
         capacity=len(experts) + 1,
         batch_size=BATCH,
+        precision=pick_precision(settings.precision, "cpu"),
+        document_precision=pick_document_precision(settings.document_precision, "cpu"),
     )
     encoder.warm_up()
     encoder.ensure_resident(list(experts))
@@ -112,17 +126,24 @@ def measure(queries: list[str], rounds: int = 3, workers: int = 2) -> PassCost:
         return time.perf_counter() - started
 
     base_ms = timed(routing_pass, [(q, BASE) for q in queries])
-    expert_ms = _expert_only(encoder, expert_pass, routed, workers, rounds)
-    merged_on = {r._merged is not None for r in encoder.replicas}
+    expert_ms = _expert_only(expert_pass, routed, workers, rounds, BATCH)
+    small_ms = _expert_only(expert_pass, routed, workers, rounds, SMALL_BATCH)
+    merged = [replica._merged for replica in encoder.replicas]
     for replica in encoder.replicas:  # the same rows through peft's hooks
         replica._merged = None
-    hooks_ms = _expert_only(encoder, expert_pass, routed, workers, rounds)
+    hooks_ms = _expert_only(expert_pass, routed, workers, rounds, BATCH)
+    small_hooks_ms = _expert_only(expert_pass, routed, workers, rounds, SMALL_BATCH)
+    for replica, tables in zip(encoder.replicas, merged, strict=True):
+        replica._merged = tables
     share = len(routed) / len(queries)
     return PassCost(
         workers=workers,
         base_ms_per_row=base_ms,
-        expert_ms_per_row=expert_ms if merged_on == {True} else hooks_ms,
+        expert_ms_per_row=expert_ms,
         hooks_expert_ms_per_row=hooks_ms,
+        small_expert_ms_per_row=small_ms,
+        small_hooks_expert_ms_per_row=small_hooks_ms,
+        precision=encoder.replicas[0].precision,
         routed_share=share,
         bound_routed_qps=1000 * workers / (base_ms + share * expert_ms),
         bound_base_qps=1000 * workers / base_ms,
@@ -138,7 +159,7 @@ def _batches(work: Callable, replica: int, rows: list) -> None:
         work(replica, [q for q, _ in part], [e for _, e in part])
 
 
-def _expert_only(encoder, expert_pass, routed, workers: int, rounds: int) -> float:
+def _expert_only(expert_pass, routed, workers: int, rounds: int, batch: int) -> float:
     """ms per row of the expert passes alone (each after its routing pass, not counted)."""
     best = float("inf")
     shares = [routed[i::workers] for i in range(workers)]
@@ -149,8 +170,8 @@ def _expert_only(encoder, expert_pass, routed, workers: int, rounds: int) -> flo
             import torch
 
             torch.set_num_threads(1)
-            for start in range(0, len(share), BATCH):
-                part = share[start : start + BATCH]
+            for start in range(0, len(share), batch):
+                part = share[start : start + batch]
                 spent[replica] += expert_pass(replica, [q for q, _ in part], [e for _, e in part])
 
         threads = [threading.Thread(target=run, args=(i, s)) for i, s in enumerate(shares)]

@@ -265,3 +265,24 @@ def test_query_precision_by_measurement(monkeypatch: pytest.MonkeyPatch) -> None
     assert encoder.measure_precision(rounds=1)["chosen"] == "fp32" == encoder.precision
     assert encoder.use_precision("bf16") == "bf16"  # an explicit setting is not measured
     assert pick_precision("auto", "cuda") == MEASURE
+
+
+def test_bf16_passes_on_pre_cast_weights_equal_autocast(adapters_root: str) -> None:
+    """Under bf16 autocast the plain base pass and the merged expert layers use weights cast
+    to bf16 once: the same values autocast computes with, so the same vectors."""
+    from app.shortcuts import MERGED_EXPERT_LAYERS, PLAIN_BASE_PASS
+    from tests.helpers import make_adapter
+
+    top = make_adapter(11, adapters_root, ("query", "key", "value", "dense"), (4, 5))
+    encoder = LoraEncoder(lambda name: top, precision="bf16", reuse_layer=4)
+    assert encoder.check_plain_base() == 0.0
+    assert encoder.check_reuse() is not None and encoder.shortcuts.degraded == {}
+    encoder.ensure_resident(["top"])  # routing passes now keep their hidden states
+    base = encoder.encode(TEXTS, routing=[True] * len(TEXTS))
+    expert = encoder.encode(TEXTS, ["top"] * len(TEXTS))
+    assert encoder.stats.reused_rows == len(TEXTS)
+    assert encoder._merged.bytes_of("top") == 3 * 2 * (4 * 384 * 384 + 2 * 384 * 1536) * 2
+    encoder.shortcuts.switch_off(PLAIN_BASE_PASS, "test: the PeftModel's autocast pass")
+    encoder.shortcuts.switch_off(MERGED_EXPERT_LAYERS, "test: peft's hooks")
+    assert np.array_equal(encoder.encode(TEXTS, routing=[True] * len(TEXTS)), base)
+    assert np.abs(encoder.encode(TEXTS, ["top"] * len(TEXTS)) - expert).max() <= 4e-3

@@ -87,6 +87,23 @@ class PoolStats:
 MAX_PADDING_WASTE = 0.3
 
 
+def bf16_linear_copy(model: Any, torch: Any) -> Any:
+    """`model` with its Linear layers' weights and biases cast to bf16 (the values bf16
+    autocast computes with) and every other tensor shared with it."""
+    linear = {
+        id(t)
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear)
+        for t in m.parameters(recurse=False)
+    }
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers()) if id(t) not in linear}
+    copied = copy.deepcopy(model, shared)
+    for module in copied.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.to(torch.bfloat16)
+    return copied
+
+
 def length_buckets(lengths: Sequence[int], max_rows: int) -> list[np.ndarray]:
     """Row indices grouped by similar token length (sorted), each group <= max_rows."""
     order = np.argsort(lengths, kind="stable")
@@ -146,6 +163,7 @@ class LoraEncoder:
         # anchor's no-op LoRA, and merged expert layers run on its top layers.
         shared = {id(t): t for t in (*base.parameters(), *base.buffers())}
         self._plain = copy.deepcopy(base, shared)
+        self._plain_bf16: Any = None  # built on the first bf16 base pass
         anchor = LoraConfig(r=1, lora_alpha=1, target_modules=["query"], init_lora_weights=True)
         self.model = get_peft_model(base, anchor, adapter_name=_ANCHOR).eval()
         self._resident: OrderedDict[str, None] = OrderedDict()
@@ -426,7 +444,8 @@ class LoraEncoder:
                 # (~3 ms at batch 1) or the anchor's LoRA: the plain model (same weights), else
                 # the anchor-only PeftModel (the no-op anchor, B = 0).
                 plain = self.shortcuts.enabled(PLAIN_BASE_PASS)
-                output = (self._plain if plain else self.model)(**batch, output_hidden_states=keep)
+                model = self._plain_model(precision) if plain else self.model
+                output = model(**batch, output_hidden_states=keep)
             else:
                 output = self.model(**batch, adapter_names=adapters, output_hidden_states=keep)
             if keep and self._hidden is not None:  # routing rows: keep the reuse layer's input
@@ -435,6 +454,16 @@ class LoraEncoder:
                 for j in remember:
                     self._hidden.put(texts[rows[j]], states[j, : lengths[j]].clone())
             return mean_pool(output.last_hidden_state, batch["attention_mask"]).cpu().numpy()
+
+    def _plain_model(self, precision: str | None) -> Any:
+        """The plain base model for a pass at `precision`. Under bf16 autocast, a copy whose
+        Linear weights and biases are bf16 already: autocast would round the fp32 ones to
+        bf16 on every call (weights that need no grad are not cached), the same values."""
+        if (precision or self.precision) != "bf16":
+            return self._plain
+        if self._plain_bf16 is None:
+            self._plain_bf16 = bf16_linear_copy(self._plain, self._torch)
+        return self._plain_bf16
 
     def _pad(self, tokens: Any, rows: np.ndarray) -> Any:
         return self.tokenizer.pad(
@@ -551,7 +580,7 @@ class LoraEncoder:
         batch = self._pad(tokens, np.arange(len(texts)))
         try:
             with self._lock, torch.inference_mode(), self._autocast():
-                plain = self._plain(**batch).last_hidden_state
+                plain = self._plain_model(self.precision)(**batch).last_hidden_state
                 exact = self.model(**batch).last_hidden_state
             difference = float((plain - exact).abs().max())
         except Exception as exc:

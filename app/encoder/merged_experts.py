@@ -24,6 +24,9 @@ class MergedTopLayers:
         self.layers = list(plain_layers)
         self.first_layer = first_layer
         self._weights: dict[str, list[dict[str, Any]]] = {}  # expert -> per layer: name -> W'
+        # The same in bf16 (the values bf16 autocast would round them to on every call),
+        # made on an expert's first pass under bf16 autocast.
+        self._bf16: dict[str, list[dict[str, Any]]] = {}
 
     def add(self, name: str, peft_model: Any) -> None:
         """Merge `name`'s LoRA into copies of the top layers' weights (replacing old ones)."""
@@ -37,16 +40,14 @@ class MergedTopLayers:
 
     def remove(self, name: str) -> None:
         self._weights.pop(name, None)
+        self._bf16.pop(name, None)
 
     def has(self, name: str) -> bool:
         return name in self._weights
 
     def bytes_of(self, name: str) -> int:
-        return sum(
-            w.numel() * w.element_size()
-            for layer in self._weights.get(name, [])
-            for w in layer.values()
-        )
+        tables = [*self._weights.get(name, []), *self._bf16.get(name, [])]
+        return sum(w.numel() * w.element_size() for layer in tables for w in layer.values())
 
     def run(
         self,
@@ -61,6 +62,9 @@ class MergedTopLayers:
         import torch
         from torch.func import functional_call
 
+        bf16 = torch.is_autocast_enabled(hidden.device.type) and (
+            torch.get_autocast_dtype(hidden.device.type) == torch.bfloat16
+        )
         groups: dict[str, list[int]] = {}
         for row, name in enumerate(adapters):
             groups.setdefault(name, []).append(row)
@@ -69,7 +73,7 @@ class MergedTopLayers:
             index = torch.tensor(rows, dtype=torch.long, device=hidden.device)
             states = hidden.index_select(0, index)
             mask = layer_mask(padding_mask.index_select(0, index), states)
-            for layer, params in zip(self.layers, self._weights[name], strict=True):
+            for layer, params in zip(self.layers, self._tables(name, bf16), strict=True):
                 states = hf_private.run_layer(
                     lambda *args, layer=layer, params=params, **kwargs: functional_call(
                         layer, params, args, kwargs
@@ -79,3 +83,15 @@ class MergedTopLayers:
                 )
             out.index_copy_(0, index, states.to(out.dtype))
         return out
+
+    def _tables(self, name: str, bf16: bool) -> list[dict[str, Any]]:
+        if not bf16:
+            return self._weights[name]
+        if name not in self._bf16:
+            import torch
+
+            self._bf16[name] = [
+                {key: w.to(torch.bfloat16) for key, w in layer.items()}
+                for layer in self._weights[name]
+            ]
+        return self._bf16[name]
