@@ -60,6 +60,8 @@ VARIANT_LABELS = {
     "b": "(b) routed, one expert",
     "c": "(c) base only",
     "d": "(d) unbatched routed",
+    "f": "(f) routed, fp32 queries",
+    "g": "(g) routed, h11 + asyncio",
     "e": "(e) embeddings, ours",
     "i": "(e) embeddings, Infinity",
 }
@@ -297,9 +299,15 @@ def running(
 
 
 HTTP_STACK: list[str] = []  # `rr serve` options for the HTTP parser and loop (--http-stack)
+PURE_PYTHON_HTTP = ["--http", "h11", "--loop", "asyncio"]
 
 
-def gateway(root: Path, log_path: Path, extra_env: dict[str, str] | None = None):
+def gateway(
+    root: Path,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    serve_options: list[str] | None = None,
+):
     env = (
         os.environ
         | {"RR_EXPERTS_DIR": str(root / "experts"), "RR_INDEXES_DIR": str(root / "indexes")}
@@ -316,7 +324,7 @@ def gateway(root: Path, log_path: Path, extra_env: dict[str, str] | None = None)
         "{port}",
         "--log-level",
         "warning",
-        *HTTP_STACK,
+        *(HTTP_STACK if serve_options is None else serve_options),
     ]
     return running("gateway", cmd, env, log_path, "/readyz")
 
@@ -507,6 +515,8 @@ def ratios(runs: dict[str, Run], at: int) -> list[str]:
         ratio("a", "c", "cost of routing + expert pass"),
         ratio("a", "b", "mixed-expert vs single-expert traffic"),
         ratio("a", "d", "gain from the batching settings"),
+        ratio("a", "f", "queries at the measured precision vs fp32"),
+        ratio("a", "g", "httptools + uvloop vs h11 + asyncio"),
         ratio("e", "i", "ours / Infinity"),
     ]
 
@@ -588,7 +598,7 @@ def main(
     ] = 1000,
     concurrency: Annotated[str, Opt(help="Comma-separated concurrency levels.")] = "1,8,32,64",
     quick: Annotated[bool, Opt("--quick", help="Smoke run: 200 requests, c = 1 and 32.")] = False,
-    variants: Annotated[str, Opt(help="Subset of a,h,b,c,d,e to run.")] = "a,h,b,c,d,e",
+    variants: Annotated[str, Opt(help="Subset of a,h,b,c,d,f,g,e to run.")] = "a,h,b,c,d,f,g,e",
     docs: Annotated[
         int,
         Opt(
@@ -635,14 +645,14 @@ def main(
     if quick:
         requests, concurrency = 200, "1,32"
     if http_stack == "h11":
-        HTTP_STACK[:] = ["--http", "h11", "--loop", "asyncio"]
+        HTTP_STACK[:] = PURE_PYTHON_HTTP
     levels = _levels(concurrency)
     # The gateway caches query embeddings; benchmark inputs repeat (1,717 unique test
     # queries, the same bodies at every point), so by default the cache is off and every
     # request pays for its forward passes.
     server_env = {} if cache else {"RR_EMBEDDING_CACHE_SIZE": "0"}
     wanted = {v.strip() for v in variants.split(",") if v.strip()}
-    unknown = wanted - set("ahbcde")
+    unknown = wanted - set("ahbcdfge")
     if unknown:
         raise typer.BadParameter(f"unknown variants {sorted(unknown)}", param_hint="--variants")
     ratio_at = 32 if 32 in levels else max(levels)
@@ -685,7 +695,7 @@ def main(
             "e": encode_bodies([{"input": q, "model": "base"} for q in queries]),
             "i": encode_bodies([{"input": q, "model": INFINITY_MODEL} for q in queries]),
         }
-        bodies["b"] = bodies["d"] = bodies["a"]
+        bodies["b"] = bodies["d"] = bodies["f"] = bodies["g"] = bodies["a"]
 
         def measure(key: str, server: Server, path: str, on_response=None) -> None:
             run = runs[key] = Run(key, VARIANT_LABELS[key])
@@ -702,6 +712,8 @@ def main(
             log = root / "gateway.log"
             with gateway(root, log, server_env) as server:
                 print(f"gateway up at {server.base_url} ({len(names)} experts)", flush=True)
+                ready = httpx.get(f"{server.base_url}/readyz", timeout=10).json()
+                facts["gateway precision (/readyz)"] = str(ready.get("precision"))
                 if "a" in wanted:
                     measure("a", server, SEARCH, tally)
                 if "h" in wanted:
@@ -726,6 +738,18 @@ def main(
                 print(f"unbatched gateway up at {server.base_url}", flush=True)
                 measure("d", server, SEARCH)
             _server_log_notes("unbatched gateway", log, notes)
+        if "f" in wanted:
+            log = root / "gateway-fp32.log"
+            with gateway(root, log, server_env | {"RR_PRECISION": "fp32"}) as server:
+                print(f"fp32-query gateway up at {server.base_url}", flush=True)
+                measure("f", server, SEARCH)
+            _server_log_notes("fp32-query gateway", log, notes)
+        if "g" in wanted:
+            log = root / "gateway-h11.log"
+            with gateway(root, log, server_env, PURE_PYTHON_HTTP) as server:
+                print(f"h11 + asyncio gateway up at {server.base_url}", flush=True)
+                measure("g", server, SEARCH)
+            _server_log_notes("h11 + asyncio gateway", log, notes)
 
         infinity_status = "not requested (--variants without e)"
         if "e" in wanted and infinity_dtype != "none":
@@ -744,7 +768,7 @@ def main(
             infinity_status = "skipped (--infinity-dtype none)"
 
     facts["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    ordered = [runs[k] for k in "ahbcdei" if k in runs]
+    ordered = [runs[k] for k in "ahbcdfgei" if k in runs]
     lines = ratios(runs, ratio_at)
     text = table(ordered)
     print("\n" + text + f"\n\nRatios at c={ratio_at}:\n" + "\n".join(lines))
@@ -768,7 +792,8 @@ def main(
         "variant and point.",
         f"Gateway: default settings, plus {settings} (the query-embedding cache would turn "
         "repeated benchmark queries into cache hits); (d) also RR_MAX_BATCH=1 RR_MAX_WAIT_MS=0; "
-        "(b) runs on a second gateway holding one expert, with RR_ROUTER_FALLBACK_THRESHOLD=-1.",
+        "(b) runs on a second gateway holding one expert, with RR_ROUTER_FALLBACK_THRESHOLD=-1; "
+        "(f) sets RR_PRECISION=fp32; (g) runs `rr serve --http h11 --loop asyncio`.",
         f"Load: {requests} measured requests per point after a 64-request warm-up; closed loop; "
         f"each client is {one_client} with its own keep-alive connection; "
         f"concurrency {', '.join(map(str, levels))}.",
