@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     encoder_workers: int = Field(default=0, ge=0, le=64)
     torch_threads: int = Field(default=0, ge=0, le=256)
     max_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
+    # While another encoder worker is busy, a worker that takes a batch waits up to this long
+    # for it to fill (up to `max_batch` rows) instead of `max_wait_ms`: work queued behind a
+    # busy worker would wait anyway, and a fuller batch costs less per row.
+    busy_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     max_queue: int = Field(default=2048, ge=1)
     embedding_cache_size: int = Field(default=10_000, ge=0)
 

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 HIDDEN_STATE_REUSE = "hidden_state_reuse"
 MERGED_EXPERT_LAYERS = "merged_expert_layers"  # reused expert passes on merged weights
 PLAIN_BASE_PASS = "plain_base_pass"  # base passes on the model without LoRA wrappers
+LEXICAL_POSTINGS = "lexical_postings"  # BM25 from in-memory postings instead of FTS5's walk
 IDENTITY_EXPERT_SKIP = "identity_expert_skip"
 EMBEDDING_CACHE = "embedding_cache"
 SHARED_EMBEDDING_CACHE = "shared_embedding_cache"
@@ -25,6 +26,7 @@ ALL = (
     HIDDEN_STATE_REUSE,
     MERGED_EXPERT_LAYERS,
     PLAIN_BASE_PASS,
+    LEXICAL_POSTINGS,
     IDENTITY_EXPERT_SKIP,
     EMBEDDING_CACHE,
     SHARED_EMBEDDING_CACHE,

@@ -140,3 +140,31 @@ def test_encode_batch_runs_documents_and_queries_in_separate_passes() -> None:
     out = encode_batch(Recorder())(jobs)
     assert calls == [(["q1", "q2"], False), (["d1", "d2"], True)]
     assert [rows[:, 0].tolist() for rows in out] == [[0.0], [1.0, 1.0], [0.0]]
+
+
+def test_a_worker_waits_for_a_fuller_batch_only_while_another_is_busy() -> None:
+    """Two workers: with one busy, the other collects submissions that arrive within
+    `busy_wait_ms` into one batch; with both idle, a lone submission runs at once."""
+    calls: list[list[int]] = []
+    gate = threading.Event()
+    batcher = MicroBatcher("t", [_doubler(calls), _doubler(calls)], max_batch=8, busy_wait_ms=300)
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await batcher.submit(7) == 14  # idle workers: no wait
+        assert loop.time() - started < 0.25
+        blocker = asyncio.ensure_future(batcher.call(gate.wait, 5))  # one worker busy
+        await asyncio.sleep(0.05)
+        spread = []
+        for i in range(4):  # arriving 20 ms apart: each alone without the busy wait
+            spread.append(asyncio.ensure_future(batcher.submit(i)))
+            await asyncio.sleep(0.02)
+        results = await asyncio.gather(*spread)
+        gate.set()
+        await blocker
+        return results
+
+    assert asyncio.run(main()) == [0, 2, 4, 6]
+    assert calls == [[7], [0, 1, 2, 3]]
+    batcher.close()

@@ -155,3 +155,27 @@ def test_admin_registers_uploads_and_shows_api_errors(
     page.wait_for_selector("#upload-form .result.bad")
     assert "422 invalid_request" in upload.locator(".result").inner_text()
     _screenshot(page, tmp_path, "playground-admin.png")
+
+
+def test_pages_render_with_no_network_but_the_gateway(browser, gateway: str, tmp_path) -> None:
+    """`/` and `/docs` load every asset from the gateway: a request to any other host is
+    refused here, and both pages still render."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    outside: list[str] = []
+
+    def only_the_gateway(route) -> None:
+        if route.request.url.startswith(gateway):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_gateway)
+    page.goto(gateway + "/docs")
+    page.wait_for_selector(".swagger-ui .info .title")
+    page.wait_for_selector(".opblock-tag")  # the operations, rendered from /openapi.json
+    assert "RouterRetriever" in page.inner_text(".swagger-ui .info .title")
+    _screenshot(page, tmp_path, "swagger-offline.png")
+    page.goto(gateway + "/")
+    page.wait_for_selector("#query")
+    assert outside == []

@@ -13,6 +13,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,13 +24,18 @@ import numpy as np
 from app.core.documents import Document, Hit
 from app.core.text import not_utf8, repaired
 from app.errors import NotFound
-from app.index import lexical
+from app.index import lexical, lexical_postings
 from app.index.faiss_backend import faiss_module, new_index, search_copy
+from app.shortcuts import LEXICAL_POSTINGS, Shortcuts
 
 log = logging.getLogger(__name__)
 DB_FILE = "docs.sqlite"
 INDEX_FILE = "index.faiss"
 SNAPSHOT_META = "index.json"
+# In-memory postings: rebuilt this long after the last write; none past this many documents
+# (about 100 bytes per (term, document) pair: ~3 GB at a million documents).
+POSTINGS_DEBOUNCE_S = 1.0
+POSTINGS_MAX_DOCUMENTS = 500_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -47,7 +53,15 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 class ExpertIndex:
     """Thread-safe: one lock guards the FAISS index and the SQLite connection."""
 
-    def __init__(self, name: str, path: Path, dim: int, kind: str = "flat", hnsw_m: int = 32):
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        dim: int,
+        kind: str = "flat",
+        hnsw_m: int = 32,
+        shortcuts: Shortcuts | None = None,
+    ):
         self.name = name
         self.path = path
         self.dim = dim
@@ -70,6 +84,15 @@ class ExpertIndex:
         self._searchable = search_copy(self._index)
         # Documents in SQLite, kept with every write: readiness probes never run SQL.
         self._rows = int(self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+        # BM25 from in-memory postings (app/index/lexical_postings.py): valid while no write
+        # has committed since they were read; rebuilt in the background once writes pause.
+        self.shortcuts = shortcuts if shortcuts is not None else Shortcuts()
+        self._writes = 0  # writes committed by this process (after each COMMIT)
+        self._postings: lexical_postings.Postings | None = None
+        self._postings_timer: threading.Timer | None = None
+        self._postings_guard = threading.Lock()
+        self._postings_build_s = 0.0  # how long the last build took
+        self._schedule_postings(delay=0.0)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -155,6 +178,7 @@ class ExpertIndex:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._committed()
             self._rows += len(latest) - len(old_rows)
             self._apply(
                 remove=old_rows,
@@ -173,9 +197,60 @@ class ExpertIndex:
             self._db.execute("DELETE FROM docs WHERE rowid=?", (row[0],))
             self._bump_generation()
             self._db.execute("COMMIT")
+            self._committed()
             self._rows -= 1
             self._apply(remove=[row[0]], add_ids=None, add_vectors=None)
             return True
+
+    def _committed(self) -> None:
+        """After every COMMIT: the postings in memory no longer reflect the store."""
+        self._writes += 1
+        self._schedule_postings()
+
+    def _schedule_postings(self, delay: float | None = None) -> None:
+        """Rebuild the postings once writes have paused for a while: at least a second, and
+        ten times the last build's time, so a bulk load spends at most ~10% on rebuilds;
+        FTS5 answers meanwhile."""
+        if not self.shortcuts.enabled(LEXICAL_POSTINGS):
+            return
+        if delay is None:
+            delay = max(POSTINGS_DEBOUNCE_S, 10 * self._postings_build_s)
+        with self._postings_guard:
+            if self._postings_timer is not None:
+                self._postings_timer.cancel()
+            timer = threading.Timer(delay, self._build_postings)
+            timer.daemon = True
+            self._postings_timer = timer
+            timer.start()
+
+    def _build_postings(self) -> None:
+        if self._closed or self._rows > POSTINGS_MAX_DOCUMENTS:
+            return
+        writes = self._writes  # read before the snapshot: a later write makes it stale
+        started = time.perf_counter()
+        try:
+            with self._reading(own=True) as db:
+                db.execute("BEGIN")  # one snapshot for the postings and their self-check
+                try:
+                    postings = lexical_postings.build(db, writes)
+                    probes = [
+                        f"{row[0]} {row[1]}"[:200]
+                        for row in db.execute(
+                            "SELECT title, text FROM docs ORDER BY rowid DESC LIMIT 3"
+                        )
+                    ]
+                    differs = lexical_postings.matches_fts5(postings, db, probes)
+                finally:
+                    db.execute("COMMIT")
+        except Exception as exc:  # FTS5 keeps answering
+            if not self._closed:  # (a closed index simply stops)
+                self.shortcuts.failed(LEXICAL_POSTINGS, exc)
+            return
+        self._postings_build_s = time.perf_counter() - started
+        if differs is not None:
+            self.shortcuts.switch_off(LEXICAL_POSTINGS, f"index {self.name!r}: {differs}")
+            return
+        self._postings = postings
 
     def _bump_generation(self) -> None:
         self._db.execute(
@@ -225,16 +300,44 @@ class ExpertIndex:
         state and never wait for the writer or for other searches (SQLite runs FTS5
         without the GIL), so lexical searches run in parallel with everything else."""
         columns = "d.rowid, d.id, d.title, d.text, d.metadata" if with_text else "d.rowid, d.id"
+        fast = self._from_postings(queries, k) if not with_text else [None] * len(queries)
+        rest = [q for q, hits in zip(queries, fast, strict=True) if hits is None]
         with self._reading() as db:
-            found = lexical.search(db, queries, k, columns)
+            exact = iter(lexical.search(db, rest, k, columns) if rest else [])
+        found = [next(exact) if hits is None else hits for hits in fast]
         return [[self._hit(row[:-1], row[-1], with_text) for row in hits] for hits in found]
 
+    def _from_postings(self, queries: Sequence[str], k: int) -> list[list[tuple] | None]:
+        """Each query's (rowid, id, score) hits from the in-memory postings, or None where
+        FTS5 must answer (no current postings, a term that is not one token, an error)."""
+        postings = self._postings
+        if (
+            postings is None
+            or postings.generation != self._writes
+            or not self.shortcuts.enabled(LEXICAL_POSTINGS)
+        ):
+            return [None] * len(queries)
+        try:
+            return [postings.search(query, k) for query in queries]
+        except Exception as exc:  # the exact path answers; this shortcut is off from now on
+            self.shortcuts.failed(LEXICAL_POSTINGS, exc)
+            return [None] * len(queries)
+
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self, own: bool = False) -> Iterator[sqlite3.Connection]:
+        """A read-only connection: this thread's (kept), or with `own` a fresh one closed
+        after use (for short-lived threads such as the postings builder's)."""
         with self._readers_idle:
             self._check_open()
             self._active_readers += 1
         try:
+            if own:
+                fresh = sqlite3.connect(f"file:{self.path / DB_FILE}?mode=ro", uri=True)
+                try:
+                    yield fresh
+                finally:
+                    fresh.close()
+                return
             db = getattr(self._local, "db", None)
             if db is None:
                 db = sqlite3.connect(
@@ -292,6 +395,9 @@ class ExpertIndex:
     # -- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:
+        with self._postings_guard:
+            if self._postings_timer is not None:
+                self._postings_timer.cancel()
         with self._lock:
             if not self._closed:
                 self._closed = True

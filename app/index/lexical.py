@@ -8,7 +8,9 @@ FTS5 with query term frequency is within 0.01 nDCG@10 of `bm25s` with Snowball s
 the staged sets, and is transactional with our document store, which bm25s (a static index)
 and tantivy (a second store with its own commits) are not.
 
-Scores are BM25 (k1=1.2, b=0.75, title and text as one field), higher is better.
+Scores are BM25 (k1=1.2, b=0.75, title and text as one field), higher is better. Served
+searches usually score from this index's postings held in memory (`lexical_postings.py`,
+the same scores); `search` here is the exact path and the reference they are checked against.
 """
 
 from __future__ import annotations

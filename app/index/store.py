@@ -11,11 +11,20 @@ from pathlib import Path
 from app.core.names import check_name
 from app.errors import NotFound
 from app.index.expert_index import DB_FILE, ExpertIndex
+from app.shortcuts import Shortcuts
 
 
 class IndexStore:
-    def __init__(self, root: Path, dim: int, kind: str = "flat", hnsw_m: int = 32) -> None:
+    def __init__(
+        self,
+        root: Path,
+        dim: int,
+        kind: str = "flat",
+        hnsw_m: int = 32,
+        shortcuts: Shortcuts | None = None,
+    ) -> None:
         self.root = root
+        self.shortcuts = shortcuts if shortcuts is not None else Shortcuts()
         self.dim = dim
         self.kind = kind
         self.hnsw_m = hnsw_m
@@ -50,7 +59,7 @@ class IndexStore:
         with self._lock:
             if name not in self._indexes:
                 self._indexes[name] = ExpertIndex(
-                    name, self.root / name, self.dim, self.kind, self.hnsw_m
+                    name, self.root / name, self.dim, self.kind, self.hnsw_m, self.shortcuts
                 )
             return self._indexes[name]
 

@@ -1,9 +1,11 @@
 """Micro-batching: concurrent requests' work coalesced into batches on one thread.
 
 HTTP handlers `await submit(payload)`; a worker thread takes everything queued (up to
-`max_batch` rows, waiting at most `max_wait_ms` for more), runs one batched call, and
-resolves each caller's future. The event loop never runs model or index code. Several
-workers (one `process` each, e.g. one per encoder replica) take batches from one queue.
+`max_batch` rows, waiting at most `max_wait_ms` for more, or `busy_wait_ms` while another
+worker is busy: the batch then fills at no latency cost, since the queue would wait for
+that worker anyway), runs one batched call, and resolves each caller's future. The event
+loop never runs model or index code. Several workers (one `process` each, e.g. one per
+encoder replica) take batches from one queue.
 
 - Bounded: past `max_pending` queued rows, `submit` raises Overloaded (HTTP 429).
 - A caller that went away (cancelled future) is skipped, never resolved, and does not
@@ -70,6 +72,7 @@ class MicroBatcher:
         max_wait_ms: float = 0.0,
         max_pending: int = 4096,
         on_start: Callable[[], object] | None = None,
+        busy_wait_ms: float | None = None,
     ) -> None:
         self.name = name
         processes = list(process) if isinstance(process, Sequence) else [process]
@@ -77,6 +80,8 @@ class MicroBatcher:
             raise ValueError("at least one worker")
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
+        self.busy_wait_s = self.max_wait_s if busy_wait_ms is None else busy_wait_ms / 1000
+        self._busy = 0  # workers running a batch now
         self.max_pending = max_pending
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
@@ -140,7 +145,8 @@ class MicroBatcher:
             if first.exclusive is not None:
                 return [first]
             batch, rows = [first], first.size
-            deadline = time.monotonic() + self.max_wait_s
+            wait = self.busy_wait_s if self._busy else self.max_wait_s
+            deadline = time.monotonic() + wait
             while rows < self.max_batch:
                 while not self._queue and not self._closed:
                     remaining = deadline - time.monotonic()
@@ -165,11 +171,17 @@ class MicroBatcher:
             live = [job for job in batch if not job.future.cancelled()]
             if not live:
                 continue
+            with self._cond:
+                self._busy += 1
             started = time.perf_counter()
-            if live[0].exclusive is not None:
-                outcomes = [self._outcome(live[0].exclusive)]
-            else:
-                outcomes = self._run_batch(process, live)
+            try:
+                if live[0].exclusive is not None:
+                    outcomes = [self._outcome(live[0].exclusive)]
+                else:
+                    outcomes = self._run_batch(process, live)
+            finally:
+                with self._cond:
+                    self._busy -= 1
             elapsed = time.perf_counter() - started
             rows = sum(job.size for job in live)
             with self._cond:  # counted before callers see results (metrics stay consistent)

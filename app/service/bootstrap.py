@@ -109,12 +109,19 @@ async def index_expert_corpora(
 def _cached_embeddings(
     admin: AdminService, corpus: Corpus, cache_dir: Path
 ) -> dict[str, np.ndarray] | None:
-    """Document id -> base embedding from the training cache, when it matches the corpus."""
+    """Document id -> base embedding from the training / eval cache, when it matches the
+    corpus: embedded at the served document precision, or else in fp32 (the exact path)."""
     from app.data.doc_embeddings import corpus_key
 
-    key = corpus_key(corpus.directory, admin.encoder.max_seq_length)
-    path = cache_dir / "embeddings" / f"{key}.npy"
-    if not path.is_file():
+    precisions = dict.fromkeys((admin.encoder.precisions()["documents"], "fp32"))
+    paths = [
+        cache_dir
+        / "embeddings"
+        / f"{corpus_key(corpus.directory, admin.encoder.max_seq_length, p)}.npy"
+        for p in precisions
+    ]
+    path = next((p for p in paths if p.is_file()), None)
+    if path is None:
         return None
     vectors = np.load(path)
     ids = corpus.ids

@@ -91,7 +91,11 @@ class ServiceContext:
         encoder, workers, on_start = _start_encoder(settings, registry)
         encoder.warm_up()  # the first pass is slow (and replicas self-check): no user's
         indexes = IndexStore(
-            settings.indexes_dir, encoder.dim, settings.index_kind, settings.hnsw_m
+            settings.indexes_dir,
+            encoder.dim,
+            settings.index_kind,
+            settings.hnsw_m,
+            encoder.shortcuts,  # one record: /readyz and /metrics report every shortcut
         )
         for orphan in set(indexes.open_existing()) - set(experts):
             # An expert deleted by a process that crashed before dropping its index.
@@ -113,6 +117,7 @@ class ServiceContext:
                 on_start=on_start,
                 max_wait_ms=wait_ms,
                 max_pending=pending,
+                busy_wait_ms=settings.busy_wait_ms,
             ),
             MicroBatcher(
                 "search",
