@@ -103,6 +103,13 @@ def test_postings_rank_and_score_as_fts5(tmp_path: Path, k: int) -> None:
         low = min(scores, default=0.0) * (1 + 1e-9)
         assert {h.id for h in hits if h.score > low} == {r[1] for r in reference if r[2] > low}
     assert served[5] == []
+    with_text = index.lexical_search(QUERIES, k)  # ranked by the postings, text from the store
+    assert [[h.id for h in hits] for hits in with_text] == [[h.id for h in x] for x in served]
+    stored = index.get(with_text[0][0].id)
+    assert stored is not None and (with_text[0][0].title, with_text[0][0].text) == (
+        stored.title,
+        stored.text,
+    )
     index.close()
 
 

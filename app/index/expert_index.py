@@ -296,16 +296,42 @@ class ExpertIndex:
     def lexical_search(
         self, queries: Sequence[str], k: int, with_text: bool = True
     ) -> list[list[Hit]]:
-        """BM25 on this thread's own read connection: WAL readers see the last committed
-        state and never wait for the writer or for other searches (SQLite runs FTS5
-        without the GIL), so lexical searches run in parallel with everything else."""
+        """BM25 from the in-memory postings where current, else FTS5; on this thread's own
+        read connection: WAL readers see the last committed state and never wait for the
+        writer or for other searches (SQLite runs FTS5 without the GIL), so lexical searches
+        run in parallel with everything else."""
         columns = "d.rowid, d.id, d.title, d.text, d.metadata" if with_text else "d.rowid, d.id"
-        fast = self._from_postings(queries, k) if not with_text else [None] * len(queries)
+        fast = self._from_postings(queries, k)
         rest = [q for q, hits in zip(queries, fast, strict=True) if hits is None]
         with self._reading() as db:
             exact = iter(lexical.search(db, rest, k, columns) if rest else [])
+            if with_text:  # the postings ranked them: their text from the store
+                fast = self._with_rows(db, fast)
         found = [next(exact) if hits is None else hits for hits in fast]
         return [[self._hit(row[:-1], row[-1], with_text) for row in hits] for hits in found]
+
+    @staticmethod
+    def _with_rows(
+        db: sqlite3.Connection, ranked: list[list[tuple] | None]
+    ) -> list[list[tuple] | None]:
+        """(rowid, id, score) hits as (rowid, id, title, text, metadata, score) rows; a row
+        deleted since the postings were read is left out."""
+        wanted = sorted({hit[0] for hits in ranked if hits for hit in hits})
+        stored: dict[int, tuple] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for row in db.execute(
+                f"SELECT rowid, id, title, text, metadata FROM docs WHERE rowid IN ({marks})",
+                part,
+            ):
+                stored[row[0]] = row
+        return [
+            None
+            if hits is None
+            else [(*stored[hit[0]], hit[2]) for hit in hits if hit[0] in stored]
+            for hits in ranked
+        ]
 
     def _from_postings(self, queries: Sequence[str], k: int) -> list[list[tuple] | None]:
         """Each query's (rowid, id, score) hits from the in-memory postings, or None where
