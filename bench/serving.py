@@ -629,6 +629,10 @@ def main(
     ] = DEFAULT_DATASETS,
     out_dir: Annotated[Path, Opt(help="Where bench.md and bench.png go.")] = ROOT / "reports",
     seed: Annotated[int, Opt(help="Query order, adapters and index vectors.")] = 0,
+    bound: Annotated[
+        bool,
+        Opt("--bound/--no-bound", help="Measure the in-process bound first (bench.pass_cost)."),
+    ] = True,
     http_stack: Annotated[
         str,
         Opt(help="Gateway HTTP parser and loop: auto (httptools + uvloop), or h11 (+ asyncio)."),
@@ -677,7 +681,7 @@ def main(
         names, source = build_experts(root, domains, experts, docs, seed, pilot_queries, layers)
         print(f"built {source} in {time.perf_counter() - started:.0f}s", flush=True)
         one = names[0]
-        if wanted & set("ac") and "trained experts copied" in source:  # pass_cost uses them
+        if bound and wanted & set("ac") and "trained experts copied" in source:  # it uses them
             from bench.pass_cost import measure as pass_costs
 
             print("measuring the in-process pass costs (bench.pass_cost)", flush=True)
