@@ -62,6 +62,7 @@ VARIANT_LABELS = {
     "d": "(d) unbatched routed",
     "f": "(f) routed, fp32 queries",
     "g": "(g) routed, h11 + asyncio",
+    "w": "(w) routed, busy wait 5 ms",
     "e": "(e) embeddings, ours",
     "i": "(e) embeddings, Infinity",
 }
@@ -517,6 +518,7 @@ def ratios(runs: dict[str, Run], at: int) -> list[str]:
         ratio("a", "d", "gain from the batching settings"),
         ratio("a", "f", "queries at the measured precision vs fp32"),
         ratio("a", "g", "httptools + uvloop vs h11 + asyncio"),
+        ratio("w", "a", "a 5 ms busy wait for fuller encoder batches vs none"),
         ratio("e", "i", "ours / Infinity"),
     ]
 
@@ -598,7 +600,7 @@ def main(
     ] = 1000,
     concurrency: Annotated[str, Opt(help="Comma-separated concurrency levels.")] = "1,8,32,64",
     quick: Annotated[bool, Opt("--quick", help="Smoke run: 200 requests, c = 1 and 32.")] = False,
-    variants: Annotated[str, Opt(help="Subset of a,h,b,c,d,f,g,e to run.")] = "a,h,b,c,d,f,g,e",
+    variants: Annotated[str, Opt(help="Subset of a,h,b,c,d,f,g,w,e to run.")] = "a,h,b,c,d,f,g,w,e",
     docs: Annotated[
         int,
         Opt(
@@ -656,7 +658,7 @@ def main(
     # request pays for its forward passes.
     server_env = {} if cache else {"RR_EMBEDDING_CACHE_SIZE": "0"}
     wanted = {v.strip() for v in variants.split(",") if v.strip()}
-    unknown = wanted - set("ahbcdfge")
+    unknown = wanted - set("ahbcdfgwe")
     if unknown:
         raise typer.BadParameter(f"unknown variants {sorted(unknown)}", param_hint="--variants")
     ratio_at = 32 if 32 in levels else max(levels)
@@ -699,7 +701,8 @@ def main(
             "e": encode_bodies([{"input": q, "model": "base"} for q in queries]),
             "i": encode_bodies([{"input": q, "model": INFINITY_MODEL} for q in queries]),
         }
-        bodies["b"] = bodies["d"] = bodies["f"] = bodies["g"] = bodies["a"]
+        for key in "bdfgw":
+            bodies[key] = bodies["a"]
 
         def measure(key: str, server: Server, path: str, on_response=None) -> None:
             run = runs[key] = Run(key, VARIANT_LABELS[key])
@@ -754,6 +757,12 @@ def main(
                 print(f"h11 + asyncio gateway up at {server.base_url}", flush=True)
                 measure("g", server, SEARCH)
             _server_log_notes("h11 + asyncio gateway", log, notes)
+        if "w" in wanted:
+            log = root / "gateway-busy-wait.log"
+            with gateway(root, log, server_env | {"RR_BUSY_WAIT_MS": "5"}) as server:
+                print(f"busy-wait gateway up at {server.base_url}", flush=True)
+                measure("w", server, SEARCH)
+            _server_log_notes("busy-wait gateway", log, notes)
 
         infinity_status = "not requested (--variants without e)"
         if "e" in wanted and infinity_dtype != "none":
@@ -772,7 +781,7 @@ def main(
             infinity_status = "skipped (--infinity-dtype none)"
 
     facts["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    ordered = [runs[k] for k in "ahbcdfgei" if k in runs]
+    ordered = [runs[k] for k in "ahbcdfgwei" if k in runs]
     lines = ratios(runs, ratio_at)
     text = table(ordered)
     print("\n" + text + f"\n\nRatios at c={ratio_at}:\n" + "\n".join(lines))
@@ -797,7 +806,8 @@ def main(
         f"Gateway: default settings, plus {settings} (the query-embedding cache would turn "
         "repeated benchmark queries into cache hits); (d) also RR_MAX_BATCH=1 RR_MAX_WAIT_MS=0; "
         "(b) runs on a second gateway holding one expert, with RR_ROUTER_FALLBACK_THRESHOLD=-1; "
-        "(f) sets RR_PRECISION=fp32; (g) runs `rr serve --http h11 --loop asyncio`.",
+        "(f) sets RR_PRECISION=fp32; (g) runs `rr serve --http h11 --loop asyncio`; "
+        "(w) sets RR_BUSY_WAIT_MS=5.",
         f"Load: {requests} measured requests per point after a 64-request warm-up; closed loop; "
         f"each client is {one_client} with its own keep-alive connection; "
         f"concurrency {', '.join(map(str, levels))}.",
