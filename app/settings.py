@@ -62,7 +62,8 @@ class Settings(BaseSettings):
     # While another encoder worker is busy, a worker that takes a batch waits up to this long
     # for it to fill (up to `max_batch` rows) instead of `max_wait_ms`: work queued behind a
     # busy worker would wait anyway, and a fuller batch costs less per row.
-    busy_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
+    # Unset: `max_wait_ms` applies either way.
+    busy_wait_ms: float | None = Field(default=None, ge=0.0, le=1000.0)
     max_queue: int = Field(default=2048, ge=1)
     embedding_cache_size: int = Field(default=10_000, ge=0)
 

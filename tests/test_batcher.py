@@ -168,3 +168,26 @@ def test_a_worker_waits_for_a_fuller_batch_only_while_another_is_busy() -> None:
     assert asyncio.run(main()) == [0, 2, 4, 6]
     assert calls == [[7], [0, 1, 2, 3]]
     batcher.close()
+
+
+def test_without_a_busy_wait_the_batch_wait_applies_either_way() -> None:
+    """`busy_wait_ms` unset: a worker waits `max_wait_ms` whether or not another is busy."""
+    calls: list[list[int]] = []
+    gate = threading.Event()
+    batcher = MicroBatcher("t", [_doubler(calls), _doubler(calls)], max_batch=8, max_wait_ms=300)
+
+    async def main() -> list[int]:
+        blocker = asyncio.ensure_future(batcher.call(gate.wait, 5))  # one worker busy
+        await asyncio.sleep(0.05)
+        spread = []
+        for i in range(3):
+            spread.append(asyncio.ensure_future(batcher.submit(i)))
+            await asyncio.sleep(0.02)
+        results = await asyncio.gather(*spread)
+        gate.set()
+        await blocker
+        return results
+
+    assert asyncio.run(main()) == [0, 2, 4]
+    assert calls == [[0, 1, 2]]
+    batcher.close()

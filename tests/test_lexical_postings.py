@@ -141,3 +141,18 @@ def test_postings_that_disagree_with_fts5_are_never_used(
     served = index.lexical_search(QUERIES, 10, with_text=False)
     assert [[h.id for h in hits] for hits in served] == [[r[1] for r in e] for e in expected]
     index.close()
+
+
+def test_postings_are_dropped_past_the_size_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.index.expert_index as expert_index
+
+    index = _index(tmp_path, n=20)
+    _built(index)
+    monkeypatch.setattr(expert_index, "POSTINGS_MAX_DOCUMENTS", 20)
+    index.upsert([Document("extra", "wing", "")], np.eye(1, 8, dtype=np.float32))
+    index._build_postings()
+    assert index._postings is None  # FTS5 alone from now on, no stale copy kept
+    assert [h.id for h in index.lexical_search(["wing"], 50, with_text=False)[0]].count("extra")
+    index.close()

@@ -92,6 +92,7 @@ class ExpertIndex:
         self._postings_timer: threading.Timer | None = None
         self._postings_guard = threading.Lock()
         self._postings_build_s = 0.0  # how long the last build took
+        self._building = threading.Lock()  # one build at a time
         self._schedule_postings(delay=0.0)
 
     # -- state ---------------------------------------------------------------------------
@@ -212,6 +213,7 @@ class ExpertIndex:
         ten times the last build's time, so a bulk load spends at most ~10% on rebuilds;
         FTS5 answers meanwhile."""
         if not self.shortcuts.enabled(LEXICAL_POSTINGS):
+            self._postings = None  # never used again: free it
             return
         if delay is None:
             delay = max(POSTINGS_DEBOUNCE_S, 10 * self._postings_build_s)
@@ -225,7 +227,17 @@ class ExpertIndex:
 
     def _build_postings(self) -> None:
         if self._closed or self._rows > POSTINGS_MAX_DOCUMENTS:
+            self._postings = None  # never current again: free it
             return
+        if not self._building.acquire(blocking=False):
+            self._schedule_postings()  # one is running: build again after it
+            return
+        try:
+            self._build_postings_now()
+        finally:
+            self._building.release()
+
+    def _build_postings_now(self) -> None:
         writes = self._writes  # read before the snapshot: a later write makes it stale
         started = time.perf_counter()
         try:
@@ -242,13 +254,14 @@ class ExpertIndex:
                     differs = lexical_postings.matches_fts5(postings, db, probes)
                 finally:
                     db.execute("COMMIT")
-        except Exception as exc:  # FTS5 keeps answering
+        except Exception as exc:  # FTS5 keeps answering; the next write retries
             if not self._closed:  # (a closed index simply stops)
-                self.shortcuts.failed(LEXICAL_POSTINGS, exc)
+                self.shortcuts.failed(LEXICAL_POSTINGS, exc, switch_off=False)
             return
         self._postings_build_s = time.perf_counter() - started
         if differs is not None:
             self.shortcuts.switch_off(LEXICAL_POSTINGS, f"index {self.name!r}: {differs}")
+            self._postings = None
             return
         self._postings = postings
 
@@ -302,11 +315,11 @@ class ExpertIndex:
         run in parallel with everything else."""
         columns = "d.rowid, d.id, d.title, d.text, d.metadata" if with_text else "d.rowid, d.id"
         fast = self._from_postings(queries, k)
-        rest = [q for q, hits in zip(queries, fast, strict=True) if hits is None]
         with self._reading() as db:
-            exact = iter(lexical.search(db, rest, k, columns) if rest else [])
             if with_text:  # the postings ranked them: their text from the store
                 fast = self._with_rows(db, fast)
+            rest = [q for q, hits in zip(queries, fast, strict=True) if hits is None]
+            exact = iter(lexical.search(db, rest, k, columns) if rest else [])
         found = [next(exact) if hits is None else hits for hits in fast]
         return [[self._hit(row[:-1], row[-1], with_text) for row in hits] for hits in found]
 
@@ -314,8 +327,8 @@ class ExpertIndex:
     def _with_rows(
         db: sqlite3.Connection, ranked: list[list[tuple] | None]
     ) -> list[list[tuple] | None]:
-        """(rowid, id, score) hits as (rowid, id, title, text, metadata, score) rows; a row
-        deleted since the postings were read is left out."""
+        """(rowid, id, score) hits as (rowid, id, title, text, metadata, score) rows; None
+        for a query whose hit rows a write replaced meanwhile (FTS5 answers it instead)."""
         wanted = sorted({hit[0] for hits in ranked if hits for hit in hits})
         stored: dict[int, tuple] = {}
         for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
@@ -328,8 +341,8 @@ class ExpertIndex:
                 stored[row[0]] = row
         return [
             None
-            if hits is None
-            else [(*stored[hit[0]], hit[2]) for hit in hits if hit[0] in stored]
+            if hits is None or any(hit[0] not in stored for hit in hits)
+            else [(*stored[hit[0]], hit[2]) for hit in hits]
             for hits in ranked
         ]
 
