@@ -91,3 +91,24 @@ def test_search_empty_index_and_without_text(tmp_path: Path) -> None:
     index.upsert(_docs(3), _vectors(3))
     [hits] = index.search(_vectors(3)[[0]], 10, with_text=False)
     assert len(hits) == 3 and hits[0].text == ""
+
+
+def test_readable_through_a_write_but_not_with_documents_missing_from_faiss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = ExpertIndex("sci", tmp_path / "sci", DIM)
+    seen = []
+    real_apply = ExpertIndex._apply
+
+    def apply(self, *args, **kwargs):  # the row count already moved, FAISS not yet
+        seen.append((self._rows != self._index.ntotal, self.readable()))
+        return real_apply(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExpertIndex, "_apply", apply)
+    index.upsert(_docs(3), _vectors(3))
+    index.delete("d0")
+    assert seen == [(True, True), (True, True)]  # mid-write: not a fault
+    assert index.readable()
+    index._rows += 1  # a stored document FAISS lacks, with no write landing
+    assert not index.readable()
+    index.close()

@@ -84,6 +84,8 @@ class ExpertIndex:
         self._searchable = search_copy(self._index)
         # Documents in SQLite, kept with every write: readiness probes never run SQL.
         self._rows = int(self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+        self._writing = False  # between a commit and FAISS holding it (readable() knows)
+        self._write_epoch = 0
         # BM25 from in-memory postings (app/index/lexical_postings.py): valid while no write
         # has committed since they were read; rebuilt in the background once writes pause.
         self.shortcuts = shortcuts if shortcuts is not None else Shortcuts()
@@ -107,7 +109,14 @@ class ExpertIndex:
 
     def readable(self) -> bool:
         """Open, and FAISS holds every stored document (live counters: no SQL, no lock)."""
-        return not self._closed and self._rows == int(self._index.ntotal)
+        if self._closed:
+            return False
+        started = self._write_epoch
+        if self._writing:
+            return True  # mid-write the two counters differ for a moment: not a fault
+        if self._rows == int(self._index.ntotal):
+            return True
+        return self._writing or self._write_epoch != started  # a write began meanwhile
 
     def _load_or_rebuild(self) -> Any:
         faiss = faiss_module()
@@ -180,12 +189,13 @@ class ExpertIndex:
                 db.execute("ROLLBACK")
                 raise
             self._committed()
-            self._rows += len(latest) - len(old_rows)
-            self._apply(
-                remove=old_rows,
-                add_ids=np.array([r for r, _ in new_rows], dtype=np.int64),
-                add_vectors=embeddings[[i for _, i in new_rows]],
-            )
+            with self._applying():
+                self._rows += len(latest) - len(old_rows)
+                self._apply(
+                    remove=old_rows,
+                    add_ids=np.array([r for r, _ in new_rows], dtype=np.int64),
+                    add_vectors=embeddings[[i for _, i in new_rows]],
+                )
         return len(latest) - len(old_rows), len(old_rows)
 
     def delete(self, doc_id: str) -> bool:
@@ -199,9 +209,20 @@ class ExpertIndex:
             self._bump_generation()
             self._db.execute("COMMIT")
             self._committed()
-            self._rows -= 1
-            self._apply(remove=[row[0]], add_ids=None, add_vectors=None)
+            with self._applying():
+                self._rows -= 1
+                self._apply(remove=[row[0]], add_ids=None, add_vectors=None)
             return True
+
+    @contextmanager
+    def _applying(self) -> Iterator[None]:
+        """Marks the moment the row count and FAISS disagree because a write is landing."""
+        self._write_epoch += 1
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
 
     def _committed(self) -> None:
         """After every COMMIT: the postings in memory no longer reflect the store."""
