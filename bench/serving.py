@@ -738,31 +738,20 @@ def main(
                 print(f"one-expert gateway up at {server.base_url} ({single_name})", flush=True)
                 measure("b", server, SEARCH, tally_single)
             _server_log_notes("one-expert gateway", log, notes)
-        if "d" in wanted:
-            log = root / "gateway-unbatched.log"
-            unbatched = server_env | {"RR_MAX_BATCH": "1", "RR_MAX_WAIT_MS": "0"}
-            with gateway(root, log, unbatched) as server:
-                print(f"unbatched gateway up at {server.base_url}", flush=True)
-                measure("d", server, SEARCH)
-            _server_log_notes("unbatched gateway", log, notes)
-        if "f" in wanted:
-            log = root / "gateway-fp32.log"
-            with gateway(root, log, server_env | {"RR_PRECISION": "fp32"}) as server:
-                print(f"fp32-query gateway up at {server.base_url}", flush=True)
-                measure("f", server, SEARCH)
-            _server_log_notes("fp32-query gateway", log, notes)
-        if "g" in wanted:
-            log = root / "gateway-h11.log"
-            with gateway(root, log, server_env, PURE_PYTHON_HTTP) as server:
-                print(f"h11 + asyncio gateway up at {server.base_url}", flush=True)
-                measure("g", server, SEARCH)
-            _server_log_notes("h11 + asyncio gateway", log, notes)
-        if "w" in wanted:
-            log = root / "gateway-busy-wait.log"
-            with gateway(root, log, server_env | {"RR_BUSY_WAIT_MS": "5"}) as server:
-                print(f"busy-wait gateway up at {server.base_url}", flush=True)
-                measure("w", server, SEARCH)
-            _server_log_notes("busy-wait gateway", log, notes)
+        # Variants of (a) that each need a gateway started differently: (key, what, env, flags).
+        for key, what, env, flags in (
+            ("d", "unbatched", {"RR_MAX_BATCH": "1", "RR_MAX_WAIT_MS": "0"}, None),
+            ("f", "fp32-query", {"RR_PRECISION": "fp32"}, None),
+            ("g", "h11 + asyncio", {}, PURE_PYTHON_HTTP),
+            ("w", "busy-wait", {"RR_BUSY_WAIT_MS": "5"}, None),
+        ):
+            if key not in wanted:
+                continue
+            log = root / f"gateway-{key}.log"
+            with gateway(root, log, server_env | env, flags) as server:
+                print(f"{what} gateway up at {server.base_url}", flush=True)
+                measure(key, server, SEARCH)
+            _server_log_notes(f"{what} gateway", log, notes)
 
         infinity_status = "not requested (--variants without e)"
         if "e" in wanted and infinity_dtype != "none":

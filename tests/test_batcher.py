@@ -154,16 +154,8 @@ def test_a_worker_waits_for_a_fuller_batch_only_while_another_is_busy() -> None:
         started = loop.time()
         assert await batcher.submit(7) == 14  # idle workers: no wait
         assert loop.time() - started < 0.25
-        blocker = asyncio.ensure_future(batcher.call(gate.wait, 5))  # one worker busy
-        await asyncio.sleep(0.05)
-        spread = []
-        for i in range(4):  # arriving 20 ms apart: each alone without the busy wait
-            spread.append(asyncio.ensure_future(batcher.submit(i)))
-            await asyncio.sleep(0.02)
-        results = await asyncio.gather(*spread)
-        gate.set()
-        await blocker
-        return results
+        # Arriving 20 ms apart: each alone without the busy wait.
+        return await _spread_while_one_busy(batcher, gate, 4)
 
     assert asyncio.run(main()) == [0, 2, 4, 6]
     assert calls == [[7], [0, 1, 2, 3]]
@@ -176,18 +168,22 @@ def test_without_a_busy_wait_the_batch_wait_applies_either_way() -> None:
     gate = threading.Event()
     batcher = MicroBatcher("t", [_doubler(calls), _doubler(calls)], max_batch=8, max_wait_ms=300)
 
-    async def main() -> list[int]:
-        blocker = asyncio.ensure_future(batcher.call(gate.wait, 5))  # one worker busy
-        await asyncio.sleep(0.05)
-        spread = []
-        for i in range(3):
-            spread.append(asyncio.ensure_future(batcher.submit(i)))
-            await asyncio.sleep(0.02)
-        results = await asyncio.gather(*spread)
-        gate.set()
-        await blocker
-        return results
-
-    assert asyncio.run(main()) == [0, 2, 4]
+    assert asyncio.run(_spread_while_one_busy(batcher, gate, 3)) == [0, 2, 4]
     assert calls == [[0, 1, 2]]
     batcher.close()
+
+
+async def _spread_while_one_busy(
+    batcher: MicroBatcher, gate: threading.Event, count: int
+) -> list[int]:
+    """Submit 0..count-1, 20 ms apart, while one worker is held busy until `gate`."""
+    blocker = asyncio.ensure_future(batcher.call(gate.wait, 5))
+    await asyncio.sleep(0.05)
+    spread = []
+    for i in range(count):
+        spread.append(asyncio.ensure_future(batcher.submit(i)))
+        await asyncio.sleep(0.02)
+    results = await asyncio.gather(*spread)
+    gate.set()
+    await blocker
+    return results
