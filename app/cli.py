@@ -1,6 +1,10 @@
 """`rr`: the service's command line."""
 
+# ruff: noqa: B008  (typer declares options as argument defaults)
+
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
@@ -43,6 +47,40 @@ def serve(
         access_log=False,
         http=http,  # uvicorn validates the name
         loop=loop,
+    )
+
+
+@app.command()
+def ingest(
+    expert: str = typer.Argument(..., help="The expert whose index receives the documents."),
+    corpus: Path = typer.Argument(..., exists=True, dir_okay=False, help="BEIR corpus.jsonl."),
+    embeddings: Path = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Precomputed base-encoder vectors: .npy (n, 384) in corpus order, unit rows.",
+    ),
+    url: str = typer.Option("http://127.0.0.1:8000", help="The gateway."),
+    token: str = typer.Option(..., envvar="RR_ADMIN_TOKEN", help="Admin token."),
+    batch_size: int = typer.Option(1000, min=1, max=10_000, help="Documents per request."),
+) -> None:
+    """Load a corpus into an expert's index through the admin API (idempotent by id)."""
+    import httpx
+
+    from app.ingest import IngestError, ingest
+
+    headers = {"Authorization": f"Bearer {token}"}
+    # A batch waits behind searches for the encoder (minutes on a busy CPU host).
+    with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
+        try:
+            result = ingest(client, expert, corpus, embeddings, batch_size)
+        except IngestError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    rate = result.documents / max(result.seconds, 1e-9)
+    typer.echo(
+        f"{result.documents} documents ({result.inserted} new, {result.updated} replaced) "
+        f"in {result.seconds:.1f} s: {rate:.0f} documents/s"
     )
 
 

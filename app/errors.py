@@ -33,6 +33,12 @@ class Unavailable(ServiceError):
     code = "unavailable"
 
 
+class StorageFull(ServiceError):
+    """No space left for a write; it changed nothing and can be retried once space is freed."""
+
+    code = "insufficient_storage"
+
+
 class Overloaded(ServiceError):
     """The request queue is full; the client should retry after a short pause."""
 

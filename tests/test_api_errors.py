@@ -6,6 +6,7 @@ import json
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -320,3 +321,60 @@ def test_openai_sized_embedding_batches(api: TestClient) -> None:
     texts = [f"input number {i}" for i in range(1000)]  # langchain's default chunk_size
     response = api.post("/v1/embeddings", json={"input": texts})
     assert response.status_code == 200 and len(response.json()["data"]) == 1000
+
+
+def test_precomputed_embeddings_are_stored_as_given_and_checked(api: TestClient) -> None:
+    """A corpus encoded elsewhere loads without re-encoding; a vector of the wrong size, with
+    NaN or not of unit length is refused (422) and nothing of its batch is stored."""
+    rng = np.random.default_rng(3)
+    vector = rng.normal(size=384)
+    vector /= np.linalg.norm(vector)
+    documents = [
+        {"id": "pre", "text": "protein folding", "embedding": vector.tolist()},
+        {"id": "plain", "text": "protein folding"},  # no vector: the gateway embeds it
+    ]
+    response = api.put("/admin/experts/sci/documents", headers=AUTH, json={"documents": documents})
+    assert response.json() == {"inserted": 2, "updated": 0}
+    body = {"query": "protein folding", "expert": "sci", "mode": "dense", "k": 50}
+    hits = {h["id"]: h for h in api.post("/v1/search", json=body).json()["hits"]}
+    query = api.post("/v1/embeddings", json={"input": "protein folding", "model": "sci"})
+    expected = float(np.dot(query.json()["data"][0]["embedding"], vector))
+    assert hits["pre"]["dense_score"] == pytest.approx(expected, abs=1e-4)
+    assert hits["plain"]["dense_score"] != pytest.approx(expected, abs=1e-4)
+
+    nan = vector.tolist()
+    nan[5] = float("nan")
+    for bad, message in (
+        (vector[:100].tolist(), "384"),
+        ((vector * 3).tolist(), "unit length"),
+        (nan, "NaN"),
+    ):
+        docs = [{"id": "fresh", "text": "t"}, {"id": "bad", "text": "t", "embedding": bad}]
+        raw = json.dumps({"documents": docs})  # NaN as JSON's NaN token, as Python writes it
+        headers = AUTH | {"content-type": "application/json"}
+        response = api.put("/admin/experts/sci/documents", headers=headers, content=raw)
+        assert_error(response, 422)
+        assert message in response.json()["error"]["message"]
+        assert api.get("/v1/experts/sci").status_code == 200
+    assert api.app.state.ctx.indexes.get("sci").get("fresh") is None
+    for doc_id in ("pre", "plain"):
+        api.delete(f"/admin/experts/sci/documents/{doc_id}", headers=AUTH)
+
+
+def test_a_full_disk_is_507_and_writes_resume(api: TestClient) -> None:
+    index = api.app.state.ctx.indexes.get("sci")
+    pages = index._db.execute("PRAGMA page_count").fetchone()[0]
+    index._db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own "disk is full"
+    documents = [{"id": f"big{i}", "text": "word " * 20_000} for i in range(5)]
+    try:
+        response = api.put(
+            "/admin/experts/sci/documents", headers=AUTH, json={"documents": documents}
+        )
+        assert_error(response, 507, "insufficient_storage")
+        assert index.get("big0") is None and index.readable()
+    finally:
+        index._db.execute("PRAGMA max_page_count=1073741823")
+    response = api.put("/admin/experts/sci/documents", headers=AUTH, json={"documents": documents})
+    assert response.json() == {"inserted": 5, "updated": 0}
+    for i in range(5):
+        api.delete(f"/admin/experts/sci/documents/big{i}", headers=AUTH)

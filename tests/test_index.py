@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app.errors import NotFound
+from app.errors import NotFound, StorageFull
 from app.index import Document, IndexStore
 from app.index.expert_index import INDEX_FILE, SNAPSHOT_META, ExpertIndex
 
@@ -55,22 +56,61 @@ def test_reopen_restores_documents(tmp_path: Path) -> None:
     assert reopened.get("sci").readable()
 
 
-def test_stale_or_corrupt_snapshot_is_rebuilt_from_the_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_a_stale_snapshot_is_reconciled_and_a_corrupt_one_rebuilt(
+    tmp_path: Path, kind: str
+) -> None:
     path = tmp_path / "sci"
-    index = ExpertIndex("sci", path, DIM)
-    index.upsert(_docs(4), _vectors(4))
-    stale_snapshot = (path / INDEX_FILE).read_bytes()
-    stale_meta = (path / SNAPSHOT_META).read_text()
+    index = ExpertIndex("sci", path, DIM, kind)
+    vectors = _vectors(5)
+    index.upsert(_docs(4), vectors[:4])
+    assert index.snapshot() and not index.snapshot()  # nothing new: not written again
+    # Writes after the snapshot, then a crash (close stops the background snapshot).
     index.upsert([Document("late", "written just before a crash")], _vectors(1, seed=9))
+    index.upsert([Document("d1", "replaced")], vectors[[4]])
+    index.delete("d2")
     index.close()
-    # A crash after the SQLite commit but before the FAISS snapshot: old snapshot on disk.
-    (path / INDEX_FILE).write_bytes(stale_snapshot)
-    (path / SNAPSHOT_META).write_text(stale_meta)
-    recovered = ExpertIndex("sci", path, DIM)
-    assert len(recovered) == 5 and recovered.search(_vectors(1, seed=9), 1)[0][0].id == "late"
+    assert json.loads((path / SNAPSHOT_META).read_text())["generation"] == 1
+    recovered = ExpertIndex("sci", path, DIM, kind)
+    assert len(recovered) == 4
+    assert recovered.search(_vectors(1, seed=9), 1)[0][0].id == "late"
+    assert recovered.search(vectors[[4]], 1)[0][0].id == "d1"
+    assert "d2" not in {h.id for h in recovered.search(vectors[[2]], 4)[0]}
+    assert recovered.readable()
     recovered.close()
     (path / INDEX_FILE).write_bytes(b"garbage")
-    assert len(ExpertIndex("sci", path, DIM)) == 5
+    rebuilt = ExpertIndex("sci", path, DIM, kind)
+    assert len(rebuilt) == 4 and rebuilt.search(vectors[[4]], 1)[0][0].id == "d1"
+    rebuilt.close()
+
+
+def test_writes_never_rewrite_the_faiss_file(tmp_path: Path) -> None:
+    """A write costs O(batch): SQLite commits it, FAISS takes it in memory; the snapshot
+    file is written later, in the background, not by the write."""
+    index = ExpertIndex("sci", tmp_path / "sci", DIM)
+    index.upsert(_docs(3), _vectors(3))
+    index.snapshot()
+    before = (tmp_path / "sci" / INDEX_FILE).stat().st_mtime_ns
+    index.upsert([Document("x", "one more")], _vectors(1, seed=5))
+    index.delete("d0")
+    assert (tmp_path / "sci" / INDEX_FILE).stat().st_mtime_ns == before
+    assert len(index) == 3 and index.snapshot()  # behind the store: written now
+    assert (tmp_path / "sci" / INDEX_FILE).stat().st_mtime_ns != before
+    index.close()
+
+
+def test_a_full_disk_is_a_storage_error_and_leaves_the_index_intact(tmp_path: Path) -> None:
+    index = ExpertIndex("sci", tmp_path / "sci", DIM)
+    index.upsert(_docs(3), _vectors(3))
+    pages = index._db.execute("PRAGMA page_count").fetchone()[0]
+    index._db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own "disk is full"
+    big = [Document(f"big{i}", "x" * 20_000) for i in range(20)]
+    with pytest.raises(StorageFull):
+        index.upsert(big, _vectors(20, seed=3))
+    assert len(index) == 3 and index.get("big0") is None and index.readable()
+    index._db.execute("PRAGMA max_page_count=1073741823")  # space freed: writes resume
+    assert index.upsert(big, _vectors(20, seed=3)) == (20, 0)
+    index.close()
 
 
 def test_drop_removes_files_and_closed_index_is_not_found(tmp_path: Path) -> None:

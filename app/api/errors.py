@@ -19,6 +19,7 @@ from app.errors import (
     NotFound,
     Overloaded,
     ServiceError,
+    StorageFull,
     Unavailable,
 )
 
@@ -32,6 +33,7 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     Unavailable: 503,
     EncoderFailed: 503,
     Overloaded: 429,
+    StorageFull: 507,
 }
 # Back-pressure, not a timeout: tell clients when to come back.
 RETRY_AFTER_S = "1"
@@ -72,6 +74,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         429: "queue full: retry after the Retry-After header's seconds",
         422: "invalid request, name or adapter",
         503: "admin disabled, service unavailable, or the encoder failed on this request",
+        507: "no space left on the index volume: nothing was written; retry once space is freed",
     }.items()
 }
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from app.core.names import NAME_PATTERN
 from app.core.text import NOT_BLANK, blank, not_utf8
+from app.encoder.base_model import EMBEDDING_DIM
 from app.settings import Settings
 
 # What the schema states is what the service enforces; limits that are settings show their
@@ -204,6 +205,14 @@ class DocumentIn(_Strict):
     title: str = Field("", max_length=10_000)
     text: str = Field("", max_length=1_000_000)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    embedding: list[float] | None = Field(
+        None,
+        min_length=EMBEDDING_DIM,
+        max_length=EMBEDDING_DIM,
+        description="Optional precomputed base-encoder embedding (all-MiniLM-L6-v2 of "
+        "'title text', L2-normalised, within 1% of unit norm): the document is stored "
+        "without re-encoding. Omitted or null: the gateway embeds it.",
+    )
 
     @model_validator(mode="after")
     def _has_content(self) -> DocumentIn:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +126,34 @@ def adapter_is_identity(model_bytes: bytes) -> bool:
         return False
     parts = [value for key, value in tensors.items() if ".lora_B." in key]
     return bool(parts) and not any(np.any(value) for value in parts)
+
+
+# The base encoder's document vectors have unit length; a precomputed one that does not was
+# made by another model or left unnormalised, and its scores would not compare with the rest.
+UNIT_NORM_TOLERANCE = 0.01
+
+
+def document_embeddings(rows: Sequence[tuple[int, Sequence[float]]], dim: int) -> np.ndarray:
+    """Precomputed base-encoder document vectors, `(position, values)` pairs, checked for
+    dimension, finiteness and unit norm; float32 rows in the order given."""
+    for position, values in rows:
+        if len(values) != dim:
+            raise InvalidInput(
+                f"documents[{position}].embedding: {len(values)} numbers, the base encoder "
+                f"gives {dim}"
+            )
+    array = np.asarray([values for _, values in rows], dtype=np.float64).reshape(-1, dim)
+    finite = np.all(np.isfinite(array), axis=1)
+    norms = np.linalg.norm(np.where(np.isfinite(array), array, 0.0), axis=1)
+    for (position, _), ok, norm in zip(rows, finite, norms, strict=True):
+        if not ok:
+            raise InvalidInput(f"documents[{position}].embedding: NaN or infinite values")
+        if abs(norm - 1.0) > UNIT_NORM_TOLERANCE:
+            raise InvalidInput(
+                f"documents[{position}].embedding: norm {norm:.4g}; base-encoder document "
+                "embeddings have unit length (L2-normalised)"
+            )
+    return (array / norms[:, None]).astype(np.float32)
 
 
 def parse_pilots(npy_bytes: bytes, dim: int) -> np.ndarray:

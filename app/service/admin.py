@@ -21,7 +21,12 @@ from app.encoder.documents import document_text
 from app.errors import Conflict, InvalidInput, NotFound
 from app.experts.artifacts import Expert
 from app.experts.registry import ExpertRegistry
-from app.experts.validation import normalize_pilots, parse_pilots, validate_adapter
+from app.experts.validation import (
+    document_embeddings,
+    normalize_pilots,
+    parse_pilots,
+    validate_adapter,
+)
 from app.index import Document, IndexStore
 from app.replication.changes import (
     DocumentDeleted,
@@ -131,7 +136,14 @@ class AdminService:
 
     # -- documents -----------------------------------------------------------------------
 
-    async def upsert_documents(self, name: str, documents: Sequence[Document]) -> tuple[int, int]:
+    async def upsert_documents(
+        self,
+        name: str,
+        documents: Sequence[Document],
+        embeddings: Sequence[Sequence[float] | None] | None = None,
+    ) -> tuple[int, int]:
+        """`embeddings[i]`, where given, is document i's precomputed base-encoder vector (a
+        corpus encoded elsewhere loads without re-encoding); the rest are embedded here."""
         self._require_expert(name)
         if not documents:
             raise InvalidInput("documents must not be empty")
@@ -143,7 +155,16 @@ class AdminService:
                 raise InvalidInput(f"{where}: not valid UTF-8 text (a lone surrogate?)")
             if blank(doc.title) and blank(doc.text):
                 raise InvalidInput(f"documents[{i}]: a document needs a non-empty title or text")
-        vectors = await self.embed_documents([document_text(d.title, d.text) for d in documents])
+        given = [(i, e) for i, e in enumerate(embeddings or ()) if e is not None]
+        if embeddings is not None and len(embeddings) != len(documents):
+            raise InvalidInput("one embedding (or null) per document")
+        vectors = np.empty((len(documents), self.encoder.dim), dtype=np.float32)
+        if given:
+            vectors[[i for i, _ in given]] = document_embeddings(given, self.encoder.dim)
+        if missing := sorted(set(range(len(documents))) - {i for i, _ in given}):
+            vectors[missing] = await self.embed_documents(
+                [document_text(documents[i].title, documents[i].text) for i in missing]
+            )
         return await self.sink.submit(DocumentsUpserted(name, list(documents), vectors))
 
     async def delete_document(self, name: str, doc_id: str) -> None:

@@ -87,9 +87,11 @@ async def set_fusion_weight(
 async def upsert_documents(
     name: ExpertName, body: DocumentsRequest, admin: AdminDep
 ) -> DocumentsResponse:
-    """Insert or replace documents (by id) in an expert's index; embedded by the base model."""
+    """Insert or replace documents (by id) in an expert's index; embedded by the base model
+    unless a document brings its own base-encoder `embedding`."""
     documents = [Document(d.id, d.text, d.title, d.metadata) for d in body.documents]
-    inserted, updated = await admin.upsert_documents(name, documents)
+    embeddings = [d.embedding for d in body.documents]
+    inserted, updated = await admin.upsert_documents(name, documents, embeddings)
     return DocumentsResponse(inserted=inserted, updated=updated)
 
 
