@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     index_corpora_on_start: bool = True
     # No default on purpose: admin endpoints answer 503 until an operator sets a token.
     admin_token: SecretStr | None = None
+    # Test-only (`make soak`): SIGKILL the process after its Nth document write has landed,
+    # before it answers (app/service/crash_point.py). Never set it in production.
+    test_crash_after_writes: int | None = Field(default=None, ge=1)
 
     # `minilm`: the real encoder. `fake`: a deterministic stand-in with no model (tests, demos
     # of the API; app/encoder/fake.py), same contract.

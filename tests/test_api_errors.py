@@ -378,3 +378,9 @@ def test_a_full_disk_is_507_and_writes_resume(api: TestClient) -> None:
     assert response.json() == {"inserted": 5, "updated": 0}
     for i in range(5):
         api.delete(f"/admin/experts/sci/documents/big{i}", headers=AUTH)
+
+
+def test_405_lists_every_method_the_path_serves(api: TestClient) -> None:
+    response = api.request("OPTIONS", "/admin/experts/sci/documents/d1", headers=AUTH)
+    assert_error(response, 405)
+    assert {"GET", "DELETE"} <= set(response.headers["allow"].split(", "))

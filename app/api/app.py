@@ -21,6 +21,7 @@ from app.service.applier import ChangeApplier
 from app.service.bootstrap import index_expert_corpora
 from app.service.catalog import CatalogService
 from app.service.context import ServiceContext
+from app.service.crash_point import CrashPoint
 from app.service.indexing_progress import IndexingProgress
 from app.service.readiness import ReadinessService
 from app.service.replication import Replication, start_replication
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ctx.encoder_batcher,
             replication.sink,
             replication.replicated,
+            CrashPoint(settings.test_crash_after_writes),
         )
         app.state.admin = admin
         app.state.catalog = CatalogService(ctx.registry, ctx.indexes, ctx.encoder, progress)

@@ -24,6 +24,9 @@ Integer = Annotated[
     int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)
 ]
 ExpertName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="Expert name.")]
+DocumentId = Annotated[
+    str, PathParam(min_length=1, max_length=512, description="Document id (as upserted).")
+]
 QueryText = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK)]
 
 
@@ -201,7 +204,7 @@ class DocumentIn(_Strict):
         }
     )
 
-    id: str = Field(min_length=1, max_length=512)
+    id: str = Field(min_length=1, max_length=512)  # DocumentId's bounds
     title: str = Field("", max_length=10_000)
     text: str = Field("", max_length=1_000_000)
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -224,6 +227,13 @@ class DocumentIn(_Strict):
 
 class DocumentsRequest(_Strict):
     documents: list[DocumentIn] = Field(min_length=1)
+
+
+class DocumentOut(BaseModel):
+    id: str
+    title: str
+    text: str
+    metadata: dict[str, Any]
 
 
 class DocumentsResponse(BaseModel):

@@ -144,7 +144,8 @@ def document_embeddings(rows: Sequence[tuple[int, Sequence[float]]], dim: int) -
             )
     array = np.asarray([values for _, values in rows], dtype=np.float64).reshape(-1, dim)
     finite = np.all(np.isfinite(array), axis=1)
-    norms = np.linalg.norm(np.where(np.isfinite(array), array, 0.0), axis=1)
+    with np.errstate(over="ignore"):  # 1e308 squared is inf: refused below, no warning
+        norms = np.linalg.norm(np.where(finite[:, None], array, 0.0), axis=1)
     for (position, _), ok, norm in zip(rows, finite, norms, strict=True):
         if not ok:
             raise InvalidInput(f"documents[{position}].embedding: NaN or infinite values")

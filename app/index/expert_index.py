@@ -262,9 +262,13 @@ class ExpertIndex:
 
     def _write_snapshot(self, index: Any, generation: int) -> None:
         temp = self.path / f".{INDEX_FILE}.tmp"
-        faiss_module().write_index(index, str(temp))
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
+        try:
+            faiss_module().write_index(index, str(temp))
+            with open(temp, "rb") as handle:
+                os.fsync(handle.fileno())
+        except BaseException:
+            temp.unlink(missing_ok=True)  # a full disk keeps no half-written file
+            raise
         os.replace(temp, self.path / INDEX_FILE)
         meta_temp = self.path / f".{SNAPSHOT_META}.tmp"
         meta_temp.write_text(json.dumps({"generation": generation, "kind": self.kind}))

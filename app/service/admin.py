@@ -38,6 +38,7 @@ from app.replication.changes import (
 from app.replication.sinks import ChangeSink
 from app.service.batched_work import EncodeJob
 from app.service.batcher import MicroBatcher
+from app.service.crash_point import CrashPoint
 
 # Documents are embedded in slices so searches interleave with a large upload.
 EMBED_SLICE = 128
@@ -54,6 +55,7 @@ class AdminService:
         encoder_batcher: MicroBatcher,
         sink: ChangeSink,
         replicated: bool = False,
+        crash_point: CrashPoint | None = None,
     ) -> None:
         self.registry = registry
         self.indexes = indexes
@@ -62,6 +64,7 @@ class AdminService:
         self.sink = sink
         # Replicated: Redis decides existence atomically; local state may lag a moment.
         self.replicated = replicated
+        self.crash_point = crash_point or CrashPoint(None)
 
     def _require_expert(self, name: str) -> str:
         check_name(name)
@@ -165,10 +168,20 @@ class AdminService:
             vectors[missing] = await self.embed_documents(
                 [document_text(documents[i].title, documents[i].text) for i in missing]
             )
-        return await self.sink.submit(DocumentsUpserted(name, list(documents), vectors))
+        counts = await self.sink.submit(DocumentsUpserted(name, list(documents), vectors))
+        self.crash_point.write_landed()
+        return counts
 
     async def delete_document(self, name: str, doc_id: str) -> None:
         self._require_expert(name)
         if name not in self.indexes or self.indexes.get(name).get(doc_id) is None:
             raise NotFound(f"document {doc_id!r} not found in {name!r}")
         await self.sink.submit(DocumentDeleted(name, doc_id))
+        self.crash_point.write_landed()
+
+    def get_document(self, name: str, doc_id: str) -> Document:
+        self._require_expert(name)
+        document = self.indexes.get(name).get(doc_id) if name in self.indexes else None
+        if document is None:
+            raise NotFound(f"document {doc_id!r} not found in {name!r}")
+        return document

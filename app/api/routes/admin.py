@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
+from app.api import links
 from app.api.deps import AdminDep, CatalogDep, require_admin
 from app.api.errors import ERROR_RESPONSES
 from app.api.routes.experts import describe
 from app.api.schemas import (
+    DocumentId,
+    DocumentOut,
     DocumentsRequest,
     DocumentsResponse,
     ExpertName,
@@ -41,7 +45,12 @@ def _pilot_queries(raw: str | None) -> list[str] | None:
     return queries
 
 
-@router.post("/experts", status_code=201, response_model=ExpertOut)
+@router.post(
+    "/experts",
+    status_code=201,
+    response_model=ExpertOut,
+    responses={201: {"links": links.EXPERT_CREATED}},
+)
 async def register_expert(
     admin: AdminDep,
     catalog: CatalogDep,
@@ -66,14 +75,14 @@ async def register_expert(
     return describe(catalog.get(name))
 
 
-@router.delete("/experts/{name}", status_code=204)
+@router.delete("/experts/{name}", status_code=204, operation_id=links.DELETE_EXPERT)
 async def delete_expert(name: ExpertName, admin: AdminDep) -> Response:
     """Remove an expert, its adapter and its index; requests already running finish first."""
     await admin.delete_expert(name)
     return Response(status_code=204)
 
 
-@router.put("/experts/{name}/fusion", response_model=ExpertOut)
+@router.put("/experts/{name}/fusion", response_model=ExpertOut, operation_id=links.SET_FUSION)
 async def set_fusion_weight(
     name: ExpertName, body: FusionWeightIn, admin: AdminDep, catalog: CatalogDep
 ) -> ExpertOut:
@@ -83,7 +92,12 @@ async def set_fusion_weight(
     return describe(catalog.get(name))
 
 
-@router.put("/experts/{name}/documents", response_model=DocumentsResponse)
+@router.put(
+    "/experts/{name}/documents",
+    response_model=DocumentsResponse,
+    operation_id=links.UPSERT_DOCUMENTS,
+    responses={200: {"links": links.DOCUMENTS_WRITTEN}},
+)
 async def upsert_documents(
     name: ExpertName, body: DocumentsRequest, admin: AdminDep
 ) -> DocumentsResponse:
@@ -95,8 +109,23 @@ async def upsert_documents(
     return DocumentsResponse(inserted=inserted, updated=updated)
 
 
-@router.delete("/experts/{name}/documents/{doc_id}", status_code=204)
-async def delete_document(name: ExpertName, doc_id: str, admin: AdminDep) -> Response:
+@router.get(
+    "/experts/{name}/documents/{doc_id}",
+    response_model=DocumentOut,
+    operation_id=links.GET_DOCUMENT,
+)
+async def get_document(name: ExpertName, doc_id: DocumentId, admin: AdminDep) -> DocumentOut:
+    """One stored document (as its last acknowledged write left it)."""
+    document = await asyncio.to_thread(admin.get_document, name, doc_id)
+    return DocumentOut(
+        id=document.id, title=document.title, text=document.text, metadata=document.metadata
+    )
+
+
+@router.delete(
+    "/experts/{name}/documents/{doc_id}", status_code=204, operation_id=links.DELETE_DOCUMENT
+)
+async def delete_document(name: ExpertName, doc_id: DocumentId, admin: AdminDep) -> Response:
     """Delete one document from an expert's index."""
     await admin.delete_document(name, doc_id)
     return Response(status_code=204)

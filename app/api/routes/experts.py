@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api import links
 from app.api.deps import CatalogDep
 from app.api.errors import ERROR_RESPONSES
 from app.api.schemas import ExpertList, ExpertName, ExpertOut, IndexingOut
@@ -35,13 +36,13 @@ def describe(info: ExpertInfo) -> ExpertOut:
     )
 
 
-@router.get("", response_model=ExpertList)
+@router.get("", response_model=ExpertList, responses={200: {"links": links.EXPERT_LISTED}})
 async def list_experts(catalog: CatalogDep) -> ExpertList:
     """Every registered expert with its index size and whether its adapter is loaded."""
     return ExpertList(experts=[describe(info) for info in catalog.list()])
 
 
-@router.get("/{name}", response_model=ExpertOut)
+@router.get("/{name}", response_model=ExpertOut, operation_id=links.GET_EXPERT)
 async def get_expert(name: ExpertName, catalog: CatalogDep) -> ExpertOut:
     """One expert's metadata, pilot count, index size and residency."""
     return describe(catalog.get(check_name(name)))

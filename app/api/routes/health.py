@@ -17,7 +17,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        503: {
+            "description": "not ready: starting, an index unreadable, or (with Redis) the "
+            "change log not caught up; the body says which",
+        }
+    },
+)
 async def readyz(readiness: ReadinessDep) -> JSONResponse:
     """Ready when the encoder is loaded, every expert's index is readable and (with Redis)
     the change log is caught up. `degraded` lists shortcuts switched off (with why): the
