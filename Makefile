@@ -8,7 +8,7 @@ PORT ?= 8000
 export RR_DATASETS_DIR ?= ../shared/datasets
 
 .PHONY: install lock test-latest redis browser run test test-fast lint experts eval bench bench-latency \
-	bench-propagation bench-first-search clean
+	bench-propagation bench-first-search bench-ingest soak clean
 
 # Installs come from the lock (requirements/*.lock, made by `make lock`): every package pinned
 # with its hashes, so a fresh clone gets what CI tested. torch is not in the lock: it is the CPU
@@ -114,6 +114,17 @@ bench-latency: install
 
 bench-propagation: install redis
 	$(PY) -m bench.propagation
+
+# Write cost at 10k / 100k / 1M documents in one index, search latency while ingesting, restart
+# time (reports/ingest.md; ~15 min, ~5 GB of temp disk).
+bench-ingest: install
+	$(PY) -m bench.ingest
+
+# Faults with figures, exit 1 on any loss: kill -9 during writes (20 rounds), searches under
+# expert churn at c=32, Redis restarted under two gateways, a full index volume (a small tmpfs:
+# needs root), schemathesis with more cases. `make test` runs a smaller version.
+soak: install redis
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache
