@@ -384,3 +384,23 @@ def test_405_lists_every_method_the_path_serves(api: TestClient) -> None:
     response = api.request("OPTIONS", "/admin/experts/sci/documents/d1", headers=AUTH)
     assert_error(response, 405)
     assert {"GET", "DELETE"} <= set(response.headers["allow"].split(", "))
+
+
+def test_the_schema_states_what_the_server_enforces(api: TestClient) -> None:
+    """Constraints and status codes a client (or a fuzzer) can read off /openapi.json."""
+    spec = api.get("/openapi.json").json()
+    paths, schemas = spec["paths"], spec["components"]["schemas"]
+    assert "503" in paths["/readyz"]["get"]["responses"]
+    upsert = paths["/admin/experts/{name}/documents"]["put"]
+    assert {"400", "404", "413", "422", "507"} <= set(upsert["responses"])
+    search = schemas["SearchRequest"]["properties"]
+    assert search["query"]["minLength"] == 1 and search["k"]["maximum"] >= 1
+    assert search["k"]["type"] == "integer"
+    document = schemas["DocumentIn"]["properties"]
+    assert document["id"]["maxLength"] == 512
+    embedding = document["embedding"]["anyOf"][0]
+    assert embedding["minItems"] == embedding["maxItems"] == 384
+    name = next(p for p in upsert["parameters"] if p["name"] == "name")
+    assert name["schema"]["pattern"]
+    # Links a client (or schemathesis's stateful run) can follow.
+    assert "GetDocument" in upsert["responses"]["200"]["links"]
