@@ -224,7 +224,13 @@ def test_document_errors(api: TestClient) -> None:
         )
 
     assert_error(put("nope", [{"id": "1", "text": "t"}]), 404)
-    for documents in ([], [{"id": "", "text": "t"}], [{"id": "1", "text": ""}]):
+    for documents in (
+        [],
+        [{"id": "", "text": "t"}],
+        [{"id": "1", "text": ""}],
+        [{"id": "x" * 513, "text": "t"}],
+        [{"id": "1", "title": "x" * 10_001}],
+    ):
         assert_error(put("sci", documents), 422)
     assert_error(api.delete("/admin/experts/sci/documents/missing", headers=AUTH), 404)
     assert_error(api.delete("/admin/experts/nope", headers=AUTH), 404)
