@@ -152,3 +152,29 @@ def test_readable_through_a_write_but_not_with_documents_missing_from_faiss(
     index._rows += 1  # a stored document FAISS lacks, with no write landing
     assert not index.readable()
     index.close()
+
+
+def test_id_only_hits_from_the_postings_equal_those_from_the_store(tmp_path: Path) -> None:
+    """Hybrid's dense leg names its hits from the postings' id table (no SQL) while they are
+    current; the store answers otherwise, with the same hits."""
+    from dataclasses import replace
+
+    from app.shortcuts import LEXICAL_POSTINGS
+
+    index = ExpertIndex("sci", tmp_path / "sci", DIM)
+    index.upsert(_docs(30), _vectors(30))
+    index._build_postings_now()
+    postings = index._current_postings()
+    assert postings is not None
+    queries = _vectors(4, seed=7)
+    fast = index.search(queries, 10, with_text=False)
+    index.shortcuts.switch_off(LEXICAL_POSTINGS, "test: the exact path")
+    assert index.search(queries, 10, with_text=False) == fast
+    # A row FAISS holds that the postings lack (a delete landing): the store answers.
+    _, ids = index._index.search(queries, 10)
+    keep = postings.rowids != ids[0][0]
+    kept_ids = [doc_id for doc_id, kept in zip(postings.ids, keep, strict=True) if kept]
+    missing = replace(postings, rowids=postings.rowids[keep], ids=kept_ids)
+    assert index._ids_from_postings(missing, ids) is None
+    assert index._ids_from_postings(postings, ids) is not None
+    index.close()

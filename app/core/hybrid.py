@@ -81,28 +81,35 @@ def _keys(hits: Any) -> list[DocKey]:
 
 
 def _merge(dense: Sequence[RankedHit], lexical: Sequence[Hit], score: Any, k: int) -> list:
-    """Union of both lists, each document once with its raw score on each leg."""
-    by_key: dict[DocKey, RankedHit] = {}
-    for item in dense:
+    """Union of both lists, each document once (its first hit on each leg), ranked by
+    `score(key)`; ties keep dense order, then lexical order. Only the top k become
+    `RankedHit`s: this runs for every hybrid query, over up to 200 candidates."""
+    on_dense: dict[DocKey, int] = {}
+    order: list[DocKey] = []
+    for position, item in enumerate(dense):
         key = (item.hit.index, item.hit.id)
-        if key not in by_key:
-            by_key[key] = RankedHit(item.hit, 0.0, item.expert, dense=item.score)
-    expert = dense[0].expert if dense else None
-    for hit in lexical:
+        if key not in on_dense:
+            on_dense[key] = position
+            order.append(key)
+    on_lexical: dict[DocKey, int] = {}
+    for position, hit in enumerate(lexical):
         key = (hit.index, hit.id)
-        known = by_key.get(key)
-        if known is None:
-            by_key[key] = RankedHit(hit, 0.0, expert or "", lexical=hit.score)
-        elif known.lexical is None:
-            by_key[key] = RankedHit(known.hit, 0.0, known.expert, known.dense, hit.score)
-    fused = [(score(key), key) for key in by_key]
-    fused.sort(key=lambda pair: -pair[0])
-    return [
-        RankedHit(
-            by_key[key].hit, float(s), by_key[key].expert, by_key[key].dense, by_key[key].lexical
-        )
-        for s, key in fused[:k]
-    ]
+        if key not in on_lexical:
+            on_lexical[key] = position
+            if key not in on_dense:
+                order.append(key)
+    top = sorted(((score(key), key) for key in order), key=lambda pair: -pair[0])[:k]
+    expert = dense[0].expert if dense else ""
+    out = []
+    for fused, key in top:
+        lexical_score = lexical[on_lexical[key]].score if key in on_lexical else None
+        if key in on_dense:
+            item = dense[on_dense[key]]
+            out.append(RankedHit(item.hit, float(fused), item.expert, item.score, lexical_score))
+        else:
+            hit = lexical[on_lexical[key]]
+            out.append(RankedHit(hit, float(fused), expert, None, lexical_score))
+    return out
 
 
 # -- the dense weight per query ----------------------------------------------------------

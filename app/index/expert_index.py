@@ -453,6 +453,17 @@ class ExpertIndex:
             if self._index.ntotal == 0:
                 return [[] for _ in range(len(queries))]
             scores, ids = self._searchable.search(queries, min(k, int(self._index.ntotal)))
+            # Read with the FAISS answer: postings current now know every row FAISS holds.
+            postings = None if with_text else self._current_postings()
+        if postings is not None and (named := self._ids_from_postings(postings, ids)):
+            return [
+                [
+                    Hit(doc_id, float(score), self.name)
+                    for score, doc_id in zip(score_row.tolist(), id_row, strict=True)
+                    if doc_id is not None
+                ]
+                for score_row, id_row in zip(scores, named, strict=True)
+            ]
         wanted = {int(i) for i in ids.ravel() if i >= 0}
         with self._reading() as db:  # a row a write removed meanwhile is left out below
             records = self._fetch(db, wanted, with_text)
@@ -464,6 +475,38 @@ class ExpertIndex:
             ]
             for score_row, id_row in zip(scores, ids, strict=True)
         ]
+
+    @staticmethod
+    def _ids_from_postings(postings: lexical_postings.Postings, ids: np.ndarray) -> list | None:
+        """Document ids of FAISS's row ids from the postings' id table, without SQL (hybrid's
+        dense leg asks 100 per query); None when a row is missing there (a delete landing
+        now): SQL answers instead, exactly as without the shortcut."""
+        flat = ids.ravel()
+        found = flat >= 0
+        if not len(postings.rowids):
+            return None
+        positions = np.minimum(np.searchsorted(postings.rowids, flat), len(postings.rowids) - 1)
+        if not np.array_equal(postings.rowids[positions[found]], flat[found]):
+            return None
+        names = postings.ids
+        return [
+            [names[p] if ok else None for p, ok in zip(row_pos, row_ok, strict=True)]
+            for row_pos, row_ok in zip(
+                positions.reshape(ids.shape).tolist(),
+                found.reshape(ids.shape).tolist(),
+                strict=True,
+            )
+        ]
+
+    def _current_postings(self) -> lexical_postings.Postings | None:
+        postings = self._postings
+        if (
+            postings is None
+            or postings.generation != self._writes
+            or not self.shortcuts.enabled(LEXICAL_POSTINGS)
+        ):
+            return None
+        return postings
 
     def lexical_search(
         self, queries: Sequence[str], k: int, with_text: bool = True
@@ -508,12 +551,8 @@ class ExpertIndex:
     def _from_postings(self, queries: Sequence[str], k: int) -> list[list[tuple] | None]:
         """Each query's (rowid, id, score) hits from the in-memory postings, or None where
         FTS5 must answer (no current postings, a term that is not one token, an error)."""
-        postings = self._postings
-        if (
-            postings is None
-            or postings.generation != self._writes
-            or not self.shortcuts.enabled(LEXICAL_POSTINGS)
-        ):
+        postings = self._current_postings()
+        if postings is None:
             return [None] * len(queries)
         try:
             return [postings.search(query, k) for query in queries]
