@@ -45,10 +45,13 @@ def read_corpus(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             try:
                 row = json.loads(line)
-                doc = {"id": str(row.get("_id", row.get("id"))), "title": row.get("title") or ""}
+                doc_id = row.get("_id", row.get("id"))
+                doc = {"id": str(doc_id), "title": row.get("title") or ""}
                 doc["text"] = row.get("text") or ""
             except (ValueError, AttributeError) as exc:
                 raise IngestError(f"{path}:{number}: not a JSON object") from exc
+            if doc_id is None or doc["id"] == "":
+                raise IngestError(f"{path}:{number}: no `_id` (or `id`)")
             if row.get("metadata"):
                 doc["metadata"] = row["metadata"]
             yield doc

@@ -86,16 +86,19 @@ def register(client: httpx.Client, name: str) -> httpx.Response:
     return client.post("/admin/experts", headers=AUTH, data=data, files=adapter_files())
 
 
+# Words documents are made of: each document's own random draw, so every text (and vector)
+# is distinct and a search for a document's own text finds it first.
+VOCABULARY = " ".join(QUERIES).split() + [f"v{n}" for n in range(300)]
+
+
 def documents(prefix: str, n: int, filler_words: int = 0) -> list[dict[str, str]]:
-    """`n` documents `prefix-0...`: on the soak's topic, or `filler_words` long."""
-    return [
-        {
-            "id": f"{prefix}-{i}",
-            "title": f"{prefix} {i}",
-            "text": "flow " * filler_words if filler_words else " ".join([QUERIES[i % 4]] * 3),
-        }
-        for i in range(n)
-    ]
+    """`n` documents `prefix-0...` on the soak's topic: 12 words each, or `filler_words`."""
+    out = []
+    for i in range(n):
+        doc_id = f"{prefix}-{i}"
+        words = random.Random(doc_id).choices(VOCABULARY, k=filler_words or 12)
+        out.append({"id": doc_id, "title": f"{prefix} {i}", "text": " ".join(words)})
+    return out
 
 
 def present(client: httpx.Client, expert: str, doc_id: str) -> dict | None:
@@ -104,6 +107,30 @@ def present(client: httpx.Client, expert: str, doc_id: str) -> dict | None:
         return None
     response.raise_for_status()
     return response.json()
+
+
+def findable(client: httpx.Client, docs: dict[str, str], sample: int, seed: int = 0) -> int:
+    """How many of (up to) `sample` of `docs` (id -> title; text as `documents` writes it)
+    a dense search for their own text finds in the top 3: FAISS holds their vectors, not
+    only SQLite their rows."""
+    rng = random.Random(seed)
+    chosen = rng.sample(sorted(docs), min(sample, len(docs)))
+    found = 0
+    for doc_id in chosen:
+        stored = present(client, EXPERT, doc_id)
+        if stored is None:
+            continue
+        body = {
+            "query": f"{stored['title']} {stored['text']}"[:2000],
+            "expert": "base",
+            "index": EXPERT,
+            "mode": "dense",
+            "k": 3,
+            "include_text": False,
+        }
+        hits = client.post("/v1/search", json=body).json().get("hits", [])
+        found += any(hit["id"] == doc_id for hit in hits)
+    return found
 
 
 def gateway(root: Path, name: str, encoder: str, redis_url: str | None = None, **env) -> Gateway:
@@ -121,8 +148,17 @@ def crash_rounds(root: Path, rounds: int, encoder: str, seed: int = 0) -> Outcom
     rng = random.Random(seed)
     outcome = Outcome("crash rounds")
     state = WriteLog()
-    injected = 0
     node = gateway(root, "crash", encoder)
+    try:
+        return _crash_rounds(node, outcome, state, rounds, rng)
+    finally:
+        node.stop()
+
+
+def _crash_rounds(
+    node: Gateway, outcome: Outcome, state: WriteLog, rounds: int, rng: random.Random
+) -> Outcome:
+    injected = 0
     for round_no in range(rounds):
         inject = round_no % 3 == 2
         node.env.pop("RR_TEST_CRASH_AFTER_WRITES", None)
@@ -149,16 +185,22 @@ def crash_rounds(root: Path, rounds: int, encoder: str, seed: int = 0) -> Outcom
     with httpx.Client(base_url=node.url, timeout=60) as client:
         state.resolve(client, outcome)
         lost = state.verify(client, outcome)
+        live = {d: t for d, t in state.acked.items() if d not in state.deleted}
+        sampled = min(100, len(live))
+        by_vector = findable(client, live, sampled)
         searchable = client.post("/v1/search", json={"query": QUERIES[0]}).status_code
     node.stop()
+    if by_vector != sampled:
+        outcome.failures.append(f"{sampled - by_vector} of {sampled} not found by their vector")
     if searchable != 200:
         outcome.failures.append(f"search after the last restart answered {searchable}")
-    live = len(state.acked) - len(state.deleted)
+    acknowledged = len(state.acked) - len(state.deleted)
     outcome.figures = {
         "rounds": rounds,
         "of which after-write kills": injected,
-        "acknowledged documents": live,
-        "present": live - lost,
+        "acknowledged documents": acknowledged,
+        "present": acknowledged - lost,
+        "found by their own vector (sample)": f"{by_vector}/{sampled}",
         "acknowledged deletes": len(state.deleted),
         "unacknowledged batches landed whole / absent / partial": (
             f"{state.whole} / {state.absent} / {state.partial}"
@@ -257,8 +299,13 @@ def churn(root: Path, seconds: float, encoder: str, concurrency: int = 32) -> Ou
                 if register(admin, name).status_code != 201:
                     outcome.failures.append(f"{name}: register failed")
                 docs = {"documents": documents(name, 20)}
-                admin.put(f"/admin/experts/{name}/documents", headers=AUTH, json=docs)
-                if admin.delete(f"/admin/experts/{name}", headers=AUTH).status_code == 204:
+                put = admin.put(f"/admin/experts/{name}/documents", headers=AUTH, json=docs)
+                deleted = admin.delete(f"/admin/experts/{name}", headers=AUTH)
+                if put.status_code != 200 or deleted.status_code != 204:
+                    outcome.failures.append(
+                        f"{name}: upload {put.status_code}, delete {deleted.status_code}"
+                    )
+                else:
                     deleted_at[name] = time.monotonic()
                 cycles += 1
                 stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
@@ -417,6 +464,7 @@ def disk_full(root: Path, encoder: str, size_mb: int = 24) -> Outcome:
         node.start()
         acked: list[str] = []
         refused: dict[int, int] = {}
+        refused_ids: list[str] = []
         with httpx.Client(base_url=node.url, timeout=60) as client:
             assert register(client, EXPERT).status_code == 201
             for batch_no in range(2_000):  # bounded: ~24 MB fills in well under this
@@ -428,9 +476,11 @@ def disk_full(root: Path, encoder: str, size_mb: int = 24) -> Outcome:
                     acked.extend(d["id"] for d in batch)
                     continue
                 refused[response.status_code] = refused.get(response.status_code, 0) + 1
+                refused_ids.extend(d["id"] for d in batch)
                 if len(refused) and sum(refused.values()) >= 3:
                     break
             intact = sum(present(client, EXPERT, d) is not None for d in acked)
+            leaked = sum(present(client, EXPERT, d) is not None for d in refused_ids)
             search = client.post("/v1/search", json={"query": QUERIES[0]}).status_code
             ballast.unlink()
             resumed = client.put(
@@ -442,6 +492,7 @@ def disk_full(root: Path, encoder: str, size_mb: int = 24) -> Outcome:
         node.start()
         with httpx.Client(base_url=node.url, timeout=60) as client:
             after_restart = sum(present(client, EXPERT, d) is not None for d in acked)
+            by_vector = findable(client, {d: "" for d in acked}, 50)
     finally:
         node.stop()
         subprocess.run(["umount", "-l", str(volume)], check=False)
@@ -450,10 +501,16 @@ def disk_full(root: Path, encoder: str, size_mb: int = 24) -> Outcome:
         "acknowledged documents": len(acked),
         "refused answers": refused,
         "intact": intact,
+        "refused documents stored": leaked,
         "search while full": search,
         "write after freeing space": resumed,
         "intact after kill -9 and restart": after_restart,
+        "found by their own vector (sample)": f"{by_vector}/{min(50, len(acked))}",
     }
+    if leaked:
+        outcome.failures.append(f"{leaked} documents of refused batches were stored")
+    if by_vector != min(50, len(acked)):
+        outcome.failures.append("acknowledged documents not found by their vector")
     if not refused or set(refused) - {507, 503}:
         outcome.failures.append(f"a full disk answered {refused or 'nothing but 200'}")
     if intact != len(acked) or after_restart != len(acked):
@@ -486,6 +543,7 @@ def schema_fuzz(root: Path, examples: int) -> Outcome:
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
+        timeout=1800,
     )
     figures = json.loads(counts.read_text()) if counts.exists() else {}
     outcome.figures = {

@@ -410,3 +410,13 @@ def test_the_schema_states_what_the_server_enforces(api: TestClient) -> None:
     assert name["schema"]["pattern"]
     # Links a client (or schemathesis's stateful run) can follow.
     assert "GetDocument" in upsert["responses"]["200"]["links"]
+
+
+def test_document_ids_with_slashes_can_be_read_and_deleted(api: TestClient) -> None:
+    """BEIR ids such as FEVER's titles ("AC/DC") hold slashes."""
+    documents = [{"id": "AC/DC", "text": "a band"}]
+    api.put("/admin/experts/sci/documents", headers=AUTH, json={"documents": documents})
+    response = api.get("/admin/experts/sci/documents/AC/DC", headers=AUTH)
+    assert response.status_code == 200 and response.json()["id"] == "AC/DC"
+    assert api.delete("/admin/experts/sci/documents/AC/DC", headers=AUTH).status_code == 204
+    assert_error(api.get("/admin/experts/sci/documents/AC/DC", headers=AUTH), 404)

@@ -178,3 +178,46 @@ def test_id_only_hits_from_the_postings_equal_those_from_the_store(tmp_path: Pat
     assert index._ids_from_postings(missing, ids) is None
     assert index._ids_from_postings(postings, ids) is not None
     index.close()
+
+
+def test_a_document_re_upserted_during_a_search_is_still_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The FAISS answer names the old row; the re-upsert commits before the rows are read:
+    the search looks again once the write has landed instead of losing the document."""
+    index = ExpertIndex("sci", tmp_path / "sci", DIM)
+    vectors = _vectors(5)
+    index.upsert(_docs(5), vectors)
+    real_fetch = ExpertIndex._fetch
+    calls = []
+
+    def fetch_after_a_write(db, rowids, with_text):
+        if not calls:
+            index.upsert([Document("d2", "rewritten")], vectors[[2]])
+        calls.append(rowids)
+        return real_fetch(db, rowids, with_text)
+
+    monkeypatch.setattr(ExpertIndex, "_fetch", staticmethod(fetch_after_a_write))
+    [hits] = index.search(vectors[[2]], 5)
+    assert hits[0].id == "d2" and hits[0].text == "rewritten" and len(hits) == 5
+    assert len(calls) == 2  # the first read missed the replaced row; the second did not
+    index.close()
+
+
+def test_a_snapshot_of_another_store_is_not_trusted(tmp_path: Path) -> None:
+    """Row ids are unique within one store: a snapshot beside a restored (other) store is
+    rebuilt, not reconciled."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    index = ExpertIndex("sci", first, DIM)
+    index.upsert(_docs(4), _vectors(4))
+    index.snapshot()
+    index.close()
+    other = ExpertIndex("sci", second, DIM)
+    other.upsert([Document("x", "other store")], _vectors(1, seed=3))
+    other.close()
+    for name in (INDEX_FILE, SNAPSHOT_META):  # the first store's snapshot beside the second
+        (second / name).write_bytes((first / name).read_bytes())
+    reopened = ExpertIndex("sci", second, DIM)
+    assert len(reopened) == 1
+    assert reopened.search(_vectors(1, seed=3), 1)[0][0].id == "x"
+    reopened.close()

@@ -47,3 +47,12 @@ def test_ingest_stores_given_vectors_in_batches_and_is_idempotent(
         np.save(tmp_path / "scaled.npy", vectors * 2)
         with pytest.raises(IngestError, match="unit length"):
             ingest(client, "sci", corpus, tmp_path / "scaled.npy", progress=False)
+
+
+def test_a_corpus_line_without_an_id_is_refused_by_line(tmp_path: Path) -> None:
+    from app.ingest import read_corpus
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "a", "text": "t"}\n{"title": "no id"}\n')
+    with pytest.raises(IngestError, match="corpus.jsonl:2: no `_id`"):
+        list(read_corpus(corpus))

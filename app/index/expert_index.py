@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +93,13 @@ class ExpertIndex:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         lexical.attach(self._db)  # BM25 over the same rows, in the same transactions
+        # Rowids are unique within one store only: a snapshot names the store it came from.
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('store', ?)", (uuid.uuid4().hex,)
+        )
+        self._store_id = self._db.execute("SELECT value FROM meta WHERE key='store'").fetchone()[0]
+        for leftover in (f".{INDEX_FILE}.tmp", f".{SNAPSHOT_META}.tmp"):
+            (path / leftover).unlink(missing_ok=True)  # a snapshot killed mid-write
         self._snapshot_timer: threading.Timer | None = None
         self._snapshot_guard = threading.Lock()
         self._snapshot_s = 0.0  # how long the last snapshot took
@@ -139,7 +147,15 @@ class ExpertIndex:
     def _open_faiss(self) -> Any:
         """The snapshot on disk reconciled with SQLite, or (none usable) built from it."""
         snapshot = self._read_snapshot()
-        index = self._build_from_store(self._db) if snapshot is None else self._reconcile(snapshot)
+        index = None
+        if snapshot is not None:
+            try:
+                index = self._reconcile(snapshot)
+            except Exception as exc:  # a snapshot FAISS reads but cannot use: rebuild
+                log.warning("index %r: snapshot unusable (%s), rebuilding it", self.name, exc)
+        if index is None:
+            index = self._build_from_store(self._db)
+            self._snapshot_generation = -1
         if self._snapshot_generation != self.generation:
             self._schedule_snapshot(delay=0.0)
         return index
@@ -150,11 +166,13 @@ class ExpertIndex:
             return None
         try:
             meta = json.loads(meta_path.read_text())
-            if meta.get("kind") != self.kind:
-                return None
+            if meta.get("kind") != self.kind or meta.get("store") != self._store_id:
+                return None  # another kind, or another store's (a restored backup's) rows
             index = faiss_module().read_index(str(file))
         except (ValueError, RuntimeError, OSError):
             log.warning("index %r: unreadable FAISS snapshot, rebuilding it", self.name)
+            return None
+        if index.d != self.dim:
             return None
         self._snapshot_generation = int(meta.get("generation", -1))
         return index
@@ -242,8 +260,8 @@ class ExpertIndex:
                 return False
             started = time.perf_counter()
             if self.kind == "hnsw":
-                with self._write_lock, self._lock:
-                    generation = self.generation
+                with self._write_lock, self._lock:  # no write between the two reads
+                    generation = _generation(self._db)
                     index = faiss_module().clone_index(self._index)
             else:
                 with self._reading(own=True) as db:
@@ -275,7 +293,12 @@ class ExpertIndex:
             raise
         os.replace(temp, self.path / INDEX_FILE)
         meta_temp = self.path / f".{SNAPSHOT_META}.tmp"
-        meta_temp.write_text(json.dumps({"generation": generation, "kind": self.kind}))
+        meta = {"generation": generation, "kind": self.kind, "store": self._store_id}
+        try:
+            meta_temp.write_text(json.dumps(meta))
+        except BaseException:
+            meta_temp.unlink(missing_ok=True)
+            raise
         os.replace(meta_temp, self.path / SNAPSHOT_META)
 
     def _check_open(self) -> None:
@@ -363,8 +386,11 @@ class ExpertIndex:
         """After every COMMIT: the postings in memory and the FAISS snapshot on disk no
         longer reflect the store."""
         self._writes += 1
-        self._schedule_postings()
-        self._schedule_snapshot()
+        try:
+            self._schedule_postings()
+            self._schedule_snapshot()
+        except Exception as exc:  # the write is stored; a later one schedules them again
+            log.warning("index %r: background work not scheduled: %s", self.name, exc)
 
     def _schedule_postings(self, delay: float | None = None) -> None:
         """Rebuild the postings once writes have paused for a while: at least a second, and
@@ -445,7 +471,9 @@ class ExpertIndex:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int, with_text: bool = True) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, k: int, with_text: bool = True, retry: bool = True
+    ) -> list[list[Hit]]:
         """Top-k hits per query row, best first."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
@@ -465,8 +493,14 @@ class ExpertIndex:
                 for score_row, id_row in zip(scores, named, strict=True)
             ]
         wanted = {int(i) for i in ids.ravel() if i >= 0}
-        with self._reading() as db:  # a row a write removed meanwhile is left out below
+        with self._reading() as db:
             records = self._fetch(db, wanted, with_text)
+        if retry and len(records) < len(wanted):
+            # A write committed between the FAISS search and this read (a re-upserted
+            # document has a new row): once it has landed in FAISS too, search again.
+            with self._write_lock:
+                pass
+            return self.search(queries, k, with_text, retry=False)
         return [
             [
                 self._hit(records[int(i)], float(s), with_text)

@@ -17,13 +17,18 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from app.errors import ServiceError, Unavailable
+from app.errors import ServiceError, StorageFull, Unavailable
 from app.replication.changes import Applier
 from app.replication.redis_log import RedisChangeLog, redis_errors
 
 log = logging.getLogger(__name__)
 STATE_FILE = "replication.json"
 _RECENT = 1024  # results kept for writers that start waiting after the apply
+STALLED_RETRY_S = 5.0  # how often a change this gateway has no disk space for is retried
+
+
+class _Stalled(Exception):
+    """An entry that cannot be applied here yet (no disk space): retry it, never skip it."""
 
 
 class Follower:
@@ -84,6 +89,9 @@ class Follower:
                     await self._apply(entry_id, change)
             except asyncio.CancelledError:
                 raise
+            except _Stalled:
+                self.caught_up = False  # /readyz: not ready while changes wait here
+                await asyncio.sleep(STALLED_RETRY_S)
             except redis_errors() as exc:
                 if self.connected:
                     log.warning("change log unreachable (%s); serving local state", exc)
@@ -97,6 +105,29 @@ class Follower:
     async def _apply(self, entry_id: str, change: Any) -> None:
         try:
             result, error = await self.applier.apply(change), None
+        except StorageFull as exc:
+            # Recorded in the log (other gateways apply it): this one must too, once space is
+            # freed. The entry stays next; its writer hears that it is recorded, not refused.
+            log.error(
+                "change %s (%s %s) waits for disk space: %s",
+                entry_id,
+                change.kind,
+                change.name,
+                exc,
+            )
+            waiter = self._waiters.pop(entry_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(
+                    (
+                        None,
+                        Unavailable(
+                            "change recorded in the change log; this gateway's index volume "
+                            "is full: it applies the change once space is freed (other "
+                            "gateways already may)"
+                        ),
+                    )
+                )
+            raise _Stalled from exc
         except ServiceError as exc:  # e.g. an adapter that does not apply here
             log.error("change %s (%s %s) failed: %s", entry_id, change.kind, change.name, exc)
             result, error = None, exc
@@ -113,15 +144,16 @@ class Follower:
 
     async def wait_applied(self, entry_id: str, timeout_s: float = 60.0) -> Any:
         """The result of applying `entry_id` here (raises what the apply raised)."""
-        if entry_id not in self._recent:
+        if entry_id in self._recent:
+            result, error = self._recent[entry_id]
+        else:
             future = asyncio.get_running_loop().create_future()
             self._waiters[entry_id] = future
             try:
-                await asyncio.wait_for(future, timeout_s)
+                result, error = await asyncio.wait_for(future, timeout_s)
             except TimeoutError:
                 self._waiters.pop(entry_id, None)
                 raise Unavailable("change recorded but not yet applied here; retry") from None
-        result, error = self._recent[entry_id]
         if error is not None:
             raise error
         return result

@@ -110,7 +110,7 @@ async def upsert_documents(
 
 
 @router.get(
-    "/experts/{name}/documents/{doc_id}",
+    "/experts/{name}/documents/{doc_id:path}",
     response_model=DocumentOut,
     operation_id=links.GET_DOCUMENT,
 )
@@ -123,7 +123,7 @@ async def get_document(name: ExpertName, doc_id: DocumentId, admin: AdminDep) ->
 
 
 @router.delete(
-    "/experts/{name}/documents/{doc_id}", status_code=204, operation_id=links.DELETE_DOCUMENT
+    "/experts/{name}/documents/{doc_id:path}", status_code=204, operation_id=links.DELETE_DOCUMENT
 )
 async def delete_document(name: ExpertName, doc_id: DocumentId, admin: AdminDep) -> Response:
     """Delete one document from an expert's index."""
