@@ -523,13 +523,11 @@ class ExpertIndex:
         if not np.array_equal(postings.rowids[positions[found]], flat[found]):
             return None
         names = postings.ids
+        position_rows: list[list[int]] = positions.reshape(ids.shape).tolist()
+        found_rows: list[list[bool]] = found.reshape(ids.shape).tolist()
         return [
             [names[p] if ok else None for p, ok in zip(row_pos, row_ok, strict=True)]
-            for row_pos, row_ok in zip(
-                positions.reshape(ids.shape).tolist(),
-                found.reshape(ids.shape).tolist(),
-                strict=True,
-            )
+            for row_pos, row_ok in zip(position_rows, found_rows, strict=True)
         ]
 
     def _current_postings(self) -> lexical_postings.Postings | None:
