@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -524,7 +524,7 @@ class ExpertIndex:
             return None
         names = postings.ids
         position_rows: list[list[int]] = positions.reshape(ids.shape).tolist()
-        found_rows: list[list[bool]] = found.reshape(ids.shape).tolist()
+        found_rows = cast(list[list[bool]], found.reshape(ids.shape).tolist())
         return [
             [names[p] if ok else None for p, ok in zip(row_pos, row_ok, strict=True)]
             for row_pos, row_ok in zip(position_rows, found_rows, strict=True)
