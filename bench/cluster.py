@@ -15,6 +15,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def adapter_files(path: Path) -> dict[str, tuple[str, bytes, str]]:
+    """A peft adapter directory as the multipart files of `POST /admin/experts`."""
+    return {
+        "adapter_config": (
+            "adapter_config.json",
+            (path / "adapter_config.json").read_bytes(),
+            "application/json",
+        ),
+        "adapter_model": (
+            "adapter_model.safetensors",
+            (path / "adapter_model.safetensors").read_bytes(),
+            "application/octet-stream",
+        ),
+    }
+
+
 class RedisServer:
     """A real redis-server on a free 127.0.0.1 port, AOF on, data in `directory`."""
 

@@ -11,7 +11,7 @@ not content; the texts give FTS5 its real per-row work). At each size it measure
 - restart: reopening the index with a current snapshot, with one 10 batches behind
   (reconciled by row id), and with none (rebuilt from SQLite).
 
-    .venv/bin/python -m bench.ingest                        # 10k, 100k, 1M (~15 min, ~5 GB disk)
+    .venv/bin/python -m bench.ingest            # 10k, 100k, 1M (3 min here; GBs of temp disk)
     .venv/bin/python -m bench.ingest --sizes 10000 --report ''   # a quick look, no report
 """
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 import typer
 
-from bench.cluster import TOKEN, Gateway, RedisServer
+from bench.cluster import TOKEN, Gateway, RedisServer, adapter_files
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EXPERT = "soak"
@@ -65,25 +65,11 @@ class Outcome:
         return f"{self.name}: {shown} -> {status}"
 
 
-def adapter_files(expert: str = "cranfield") -> dict[str, tuple[str, bytes, str]]:
-    folder = SHIPPED / expert
-    return {
-        "adapter_config": (
-            "adapter_config.json",
-            (folder / "adapter_config.json").read_bytes(),
-            "application/json",
-        ),
-        "adapter_model": (
-            "adapter_model.safetensors",
-            (folder / "adapter_model.safetensors").read_bytes(),
-            "application/octet-stream",
-        ),
-    }
-
-
 def register(client: httpx.Client, name: str) -> httpx.Response:
     data = {"name": name, "pilot_queries": json.dumps(QUERIES)}
-    return client.post("/admin/experts", headers=AUTH, data=data, files=adapter_files())
+    return client.post(
+        "/admin/experts", headers=AUTH, data=data, files=adapter_files(SHIPPED / "cranfield")
+    )
 
 
 # Words documents are made of: each document's own random draw, so every text (and vector)

@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from bench.cluster import TOKEN, Gateway, RedisServer, free_port  # noqa: F401  (re-exported)
+from bench.cluster import (  # noqa: F401  (re-exported)
+    TOKEN,
+    Gateway,
+    RedisServer,
+    adapter_files,
+    free_port,
+)
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -89,21 +95,6 @@ def write_lora(
     }
     (out / "adapter_config.json").write_text(json.dumps(config))
     return out
-
-
-def adapter_files(path: Path) -> dict[str, tuple[str, bytes, str]]:
-    return {
-        "adapter_config": (
-            "adapter_config.json",
-            (path / "adapter_config.json").read_bytes(),
-            "application/json",
-        ),
-        "adapter_model": (
-            "adapter_model.safetensors",
-            (path / "adapter_model.safetensors").read_bytes(),
-            "application/octet-stream",
-        ),
-    }
 
 
 def register(client: Any, name: str, adapter: Path, queries: list[str]) -> Any:

@@ -143,12 +143,12 @@ def document_embeddings(rows: Sequence[tuple[int, Sequence[float]]], dim: int) -
                 f"gives {dim}"
             )
     array = np.asarray([values for _, values in rows], dtype=np.float64).reshape(-1, dim)
-    finite = np.all(np.isfinite(array), axis=1)
-    with np.errstate(over="ignore"):  # 1e308 squared is inf: refused below, no warning
-        norms = np.linalg.norm(np.where(finite[:, None], array, 0.0), axis=1)
-    for (position, _), ok, norm in zip(rows, finite, norms, strict=True):
-        if not ok:
+    for (position, _), finite in zip(rows, np.all(np.isfinite(array), axis=1), strict=True):
+        if not finite:
             raise InvalidInput(f"documents[{position}].embedding: NaN or infinite values")
+    with np.errstate(over="ignore"):  # 1e308 squared is inf: refused below, no warning
+        norms = np.linalg.norm(array, axis=1)
+    for (position, _), norm in zip(rows, norms, strict=True):
         if abs(norm - 1.0) > UNIT_NORM_TOLERANCE:
             raise InvalidInput(
                 f"documents[{position}].embedding: norm {norm:.4g}; base-encoder document "

@@ -100,8 +100,7 @@ class ExpertIndex:
         self._store_id = self._db.execute("SELECT value FROM meta WHERE key='store'").fetchone()[0]
         for leftover in (f".{INDEX_FILE}.tmp", f".{SNAPSHOT_META}.tmp"):
             (path / leftover).unlink(missing_ok=True)  # a snapshot killed mid-write
-        self._snapshot_timer: threading.Timer | None = None
-        self._snapshot_guard = threading.Lock()
+        self._snapshot_due = _Debounced(self._snapshot_in_background)
         self._snapshot_s = 0.0  # how long the last snapshot took
         self._snapshotting = threading.Lock()  # one snapshot at a time
         self._snapshot_generation = -1  # the generation the snapshot on disk reflects
@@ -116,8 +115,7 @@ class ExpertIndex:
         self.shortcuts = shortcuts if shortcuts is not None else Shortcuts()
         self._writes = 0  # writes committed by this process (after each COMMIT)
         self._postings: lexical_postings.Postings | None = None
-        self._postings_timer: threading.Timer | None = None
-        self._postings_guard = threading.Lock()
+        self._postings_due = _Debounced(self._build_postings)
         self._postings_build_s = 0.0  # how long the last build took
         self._building = threading.Lock()  # one build at a time
         self._schedule_postings(delay=0.0)
@@ -156,7 +154,7 @@ class ExpertIndex:
         if index is None:
             index = self._build_from_store(self._db)
             self._snapshot_generation = -1
-        if self._snapshot_generation != self.generation:
+        if self._snapshot_generation != _generation(self._db):
             self._schedule_snapshot(delay=0.0)
         return index
 
@@ -228,13 +226,7 @@ class ExpertIndex:
     def _schedule_snapshot(self, delay: float | None = None) -> None:
         if delay is None:
             delay = max(SNAPSHOT_DEBOUNCE_S, 10 * self._snapshot_s)
-        with self._snapshot_guard:
-            if self._snapshot_timer is not None:
-                self._snapshot_timer.cancel()
-            timer = threading.Timer(delay, self._snapshot_in_background)
-            timer.daemon = True
-            self._snapshot_timer = timer
-            timer.start()
+        self._snapshot_due.schedule(delay)
 
     def _snapshot_in_background(self) -> None:
         try:
@@ -262,6 +254,8 @@ class ExpertIndex:
             if self.kind == "hnsw":
                 with self._write_lock, self._lock:  # no write between the two reads
                     generation = _generation(self._db)
+                    if generation == self._snapshot_generation:
+                        return False
                     index = faiss_module().clone_index(self._index)
             else:
                 with self._reading(own=True) as db:
@@ -273,8 +267,6 @@ class ExpertIndex:
                         index = self._build_from_store(db)
                     finally:
                         db.execute("COMMIT")
-            if generation == self._snapshot_generation:
-                return False
             self._write_snapshot(index, generation)
             self._snapshot_generation = generation
             self._snapshot_s = time.perf_counter() - started
@@ -401,13 +393,7 @@ class ExpertIndex:
             return
         if delay is None:
             delay = max(POSTINGS_DEBOUNCE_S, 10 * self._postings_build_s)
-        with self._postings_guard:
-            if self._postings_timer is not None:
-                self._postings_timer.cancel()
-            timer = threading.Timer(delay, self._build_postings)
-            timer.daemon = True
-            self._postings_timer = timer
-            timer.start()
+        self._postings_due.schedule(delay)
 
     def _build_postings(self) -> None:
         if self._closed or self._rows > POSTINGS_MAX_DOCUMENTS:
@@ -663,13 +649,8 @@ class ExpertIndex:
     def close(self) -> None:
         """Stops background work (a snapshot not yet written is reconciled at the next
         open) and closes the store once running reads end."""
-        for guard, timer in (
-            (self._postings_guard, "_postings_timer"),
-            (self._snapshot_guard, "_snapshot_timer"),
-        ):
-            with guard:
-                if getattr(self, timer) is not None:
-                    getattr(self, timer).cancel()
+        self._postings_due.cancel()
+        self._snapshot_due.cancel()
         with self._write_lock, self._lock:
             was_open, self._closed = not self._closed, True
         with self._snapshotting:  # a snapshot being written finishes first
@@ -680,6 +661,29 @@ class ExpertIndex:
             for db in self._reader_connections:
                 db.close()
             self._reader_connections.clear()
+
+
+class _Debounced:
+    """Runs `action` on a timer thread once `schedule` calls pause for the delay given (each
+    call restarts the wait); `cancel` drops a pending run."""
+
+    def __init__(self, action: Any) -> None:
+        self._action = action
+        self._timer: threading.Timer | None = None
+        self._guard = threading.Lock()
+
+    def schedule(self, delay: float) -> None:
+        with self._guard:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(delay, self._action)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def cancel(self) -> None:
+        with self._guard:
+            if self._timer is not None:
+                self._timer.cancel()
 
 
 def _roll_back(db: sqlite3.Connection) -> None:
