@@ -48,9 +48,11 @@ class Settings(BaseSettings):
     # machine: nDCG@10 within 0.0024 of fp32-embedded documents on every staged set.
     document_precision: Literal["auto", "fp32", "bf16"] = "auto"
 
-    # Experts whose LoRA starts at this layer or above reuse the routing pass's hidden
-    # states and run only the top layers (MiniLM has 6; None disables reuse).
-    reuse_layer: int | None = Field(default=4, ge=1, le=11)
+    # Routing features are the pooled hidden states entering this layer: a routed query runs
+    # the layers below it once, is routed, then continues with its expert in the same pass.
+    # Experts whose LoRA changes a layer below it are served by a full second pass.
+    # 0: the pooled token embeddings; 6 (MiniLM's layer count): the final embedding.
+    routing_layer: int = Field(default=4, ge=0, le=6)
 
     # Micro-batching: rows per batched forward pass, how long the worker waits for more
     # work before running a partial batch, and the queue bound past which requests get 429.

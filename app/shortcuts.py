@@ -1,9 +1,9 @@
 """Shortcuts the service takes and the exact paths that stand in when one fails.
 
-Each shortcut (hidden-state reuse and its merged expert layers, the plain base pass, the
-identity-expert skip, the embedding caches) has an
-exact path that gives the same answer at full cost. A shortcut that fails its start-up
-self-check or raises while serving is counted here; reuse and the identity skip are then
+Each shortcut (the one-pass LoRA path, the plain base pass, in-memory BM25 postings, the
+identity-expert skip, the embedding caches) has an exact path that gives the same answer at
+full cost. A shortcut that fails its start-up
+self-check or raises while serving is counted here; one-pass and the identity skip are then
 switched off for the process (their failures are deterministic: they would fail again), a
 cache error only turns that lookup into a miss. `/readyz` and `/metrics` report both.
 """
@@ -15,16 +15,16 @@ import threading
 
 log = logging.getLogger(__name__)
 
-HIDDEN_STATE_REUSE = "hidden_state_reuse"
-MERGED_EXPERT_LAYERS = "merged_expert_layers"  # reused expert passes on merged weights
+# Routed queries in one pass: the layers below the routing layer once, per-row LoRA deltas
+# above it (the exact path: a full base pass to route, then peft's full expert pass).
+ONE_PASS = "one_pass_lora"
 PLAIN_BASE_PASS = "plain_base_pass"  # base passes on the model without LoRA wrappers
 LEXICAL_POSTINGS = "lexical_postings"  # BM25 from in-memory postings instead of FTS5's walk
 IDENTITY_EXPERT_SKIP = "identity_expert_skip"
 EMBEDDING_CACHE = "embedding_cache"
 SHARED_EMBEDDING_CACHE = "shared_embedding_cache"
 ALL = (
-    HIDDEN_STATE_REUSE,
-    MERGED_EXPERT_LAYERS,
+    ONE_PASS,
     PLAIN_BASE_PASS,
     LEXICAL_POSTINGS,
     IDENTITY_EXPERT_SKIP,

@@ -205,8 +205,8 @@ def test_metrics_and_request_ids(client: TestClient, adapter_a: Path, adapter_b:
 def test_identity_expert_reuses_the_routing_pass(
     client: TestClient, adapters_root: str, adapter_a: Path
 ) -> None:
-    """An expert whose adapter changes nothing (training kept the base) is served from the
-    routing pass's base embedding: no second pass, no adapter load, same vectors."""
+    """An expert whose adapter changes nothing (training kept the base) is served as the
+    base rows of the routed pass: no adapter load, same vectors."""
     from tests.helpers import make_adapter
 
     untrained = make_adapter(3, adapters_root, identity=True)
@@ -222,15 +222,16 @@ def test_identity_expert_reuses_the_routing_pass(
     rows = ctx.encoder_batcher.stats.rows
     body = client.post("/v1/search", json={"query": "python read a csv file"}).json()
     assert body["routing"]["expert"] == "same"
-    assert ctx.encoder_batcher.stats.rows == rows + 1  # the routing pass only
+    assert ctx.encoder_batcher.stats.rows == rows + 1  # one routed pass
     assert ctx.encoder.stats.loads == loads  # (loaded once at registration, to check it)
 
 
-def test_top_layer_expert_starts_from_the_routing_pass(
+def test_top_layer_expert_is_served_in_the_routing_pass(
     client: TestClient, adapters_root: str, adapter_a: Path
 ) -> None:
-    """A routed query's expert pass runs only the expert's layers, from the routing pass's
-    hidden states, and gives the vector a full pass of that expert gives."""
+    """A routed query runs once: its expert's layers continue from the layers that routed
+    it, and the vector is the one a full pass of that expert gives. /v1/experts says which
+    experts are served so (one adapting every layer is not)."""
     from app.encoder import LoraEncoder
     from tests.helpers import make_adapter
 
@@ -238,11 +239,18 @@ def test_top_layer_expert_starts_from_the_routing_pass(
     assert register(client, "code", top, CODE_QUERIES).status_code == 201
     assert register(client, "aero", adapter_a, AERO_QUERIES).status_code == 201
     query = "python sort dict by value"
+    stats = client.app.state.ctx.encoder.stats
+    before = (stats.one_pass_rows, stats.exact_rows)
     routed = client.post("/v1/embeddings", json={"input": query}).json()["data"][0]
     assert routed["expert"] == "code"
     [reference] = LoraEncoder(lambda name: top).encode([query], ["code"])
     assert np.abs(np.array(routed["embedding"]) - reference).max() <= 1e-5
-    assert "rr_expert_rows_reused_total 1.0" in client.get("/metrics").text
+    stats = client.app.state.ctx.encoder.stats
+    assert (stats.one_pass_rows, stats.exact_rows) == (before[0] + 1, before[1])
+    assert f"rr_expert_rows_one_pass_total {before[0] + 1.0}" in client.get("/metrics").text
+    assert client.post("/v1/embeddings", json={"input": "lift of a swept wing"}).status_code == 200
+    served = {e["name"]: e["one_pass"] for e in client.get("/v1/experts").json()["experts"]}
+    assert served == {"code": True, "aero": False}
 
 
 def test_adapter_whose_outputs_overflow_is_refused(

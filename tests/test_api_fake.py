@@ -162,7 +162,7 @@ def test_metrics_count_routing_and_searches(fake_client: TestClient, lora_a, lor
     text = fake_client.get("/metrics").text
     assert 'rr_routing_decisions_total{expert="code"} 1.0' in text
     assert 'rr_index_documents{index="aero"} 2.0' in text
-    assert 'rr_shortcut_degraded{shortcut="hidden_state_reuse"} 0.0' in text
+    assert 'rr_shortcut_degraded{shortcut="one_pass_lora"} 0.0' in text
     held = fake_client.get("/v1/experts/code").json()["resident_bytes"]
     prefix = 'rr_expert_resident_bytes{expert="code"} '
     (line,) = [x for x in text.splitlines() if x.startswith(prefix)]

@@ -128,18 +128,49 @@ def test_encode_batch_runs_documents_and_queries_in_separate_passes() -> None:
     calls = []
 
     class Recorder:
-        def encode(self, texts, adapters, routing, replica, documents=False):
+        def encode(self, texts, adapters, replica, documents=False):
             calls.append((list(texts), documents))
             return np.full((len(texts), 2), 1.0 if documents else 0.0, dtype=np.float32)
 
     jobs = [
         EncodeJob(["q1"], ["base"]),
         EncodeJob(["d1", "d2"], ["base", "base"], documents=True),
-        EncodeJob(["q2"], ["base"], routing=True),
+        EncodeJob(["q2"], ["base"]),
     ]
     out = encode_batch(Recorder())(jobs)
     assert calls == [(["q1", "q2"], False), (["d1", "d2"], True)]
     assert [rows[:, 0].tolist() for rows in out] == [[0.0], [1.0, 1.0], [0.0]]
+
+
+def test_routed_jobs_share_one_pass_and_each_routes_its_own_rows() -> None:
+    """Two requests' routed jobs in one batch: one routed pass; each job's chooser sees only
+    its own rows' features and gets back only its own rows."""
+    import numpy as np
+
+    from app.encoder.base import RoutedPass
+    from app.service.batched_work import RoutedEncodeJob, encode_batch
+
+    passes = []
+
+    class Routed:
+        def encode_routed(self, texts, choose, replica):
+            features = np.arange(len(texts), dtype=np.float32)[:, None]
+            picks = [list(row) for row in choose(features)]
+            passes.append((list(texts), picks))
+            vectors = [np.full((len(row), 1), i, np.float32) for i, row in enumerate(picks)]
+            return RoutedPass(features, picks, vectors)
+
+    seen = []
+
+    def chooser(name):
+        return lambda f: seen.append((name, f[:, 0].tolist())) or [[name]] * len(f)
+
+    jobs = [RoutedEncodeJob(["a", "b"], chooser("x")), RoutedEncodeJob(["c"], chooser("y"))]
+    first, second = encode_batch(Routed())(jobs)
+    assert passes == [(["a", "b", "c"], [["x"], ["x"], ["y"]])]
+    assert seen == [("x", [0.0, 1.0]), ("y", [2.0])]
+    assert first.adapters == [["x"], ["x"]] and second.adapters == [["y"]]
+    assert second.features[:, 0].tolist() == [2.0] and second.vectors[0][0, 0] == 2.0
 
 
 def test_a_worker_waits_for_a_fuller_batch_only_while_another_is_busy() -> None:

@@ -102,51 +102,114 @@ def test_adapter_that_does_not_apply_fails_loudly(adapter_a: Path, tmp_path: Pat
     assert pool.resident() == []
 
 
-def test_top_layer_expert_reuses_the_routing_pass(adapters_root: str, adapter_a: Path) -> None:
+def _exact(dirs: dict[str, Path], texts: list[str], adapters: list[str], **options) -> np.ndarray:
+    """peft's full mixed-adapter pass: the one-pass shortcut off."""
+    from app.shortcuts import ONE_PASS
+
+    exact = LoraEncoder(lambda name: dirs[name], **options)
+    exact.shortcuts.switch_off(ONE_PASS, "test: the exact path")
+    return exact.encode(texts, adapters)
+
+
+def test_top_layer_expert_is_served_in_one_pass(adapters_root: str, adapter_a: Path) -> None:
+    """Routed at layer 4: the lower layers once, the chooser on their pooled states, then
+    each row with its expert (or base, or two of them) in the same pass; equal to peft's
+    full passes. An expert that adapts lower layers gets a full pass, still exact."""
+    import torch
+
+    from app.encoder.base_model import mean_pool
     from tests.helpers import make_adapter
 
     top = make_adapter(7, adapters_root, layers=(4, 5))
     dirs = {"top": top, "all": adapter_a}
-    reference = LoraEncoder(lambda name: dirs[name]).encode(TEXTS, ["top"] * len(TEXTS))
-    encoder = LoraEncoder(lambda name: dirs[name], reuse_layer=4)
-    encoder.encode(["warm"], ["top"])  # resident: routing passes now keep hidden states
-    encoder.encode(TEXTS)  # a plain base pass (say, documents) keeps nothing
-    encoder.encode(TEXTS, ["top"] * len(TEXTS))
-    assert encoder.stats.reused_rows == 0
-    base = encoder.encode(TEXTS, routing=[True] * len(TEXTS))
-    reused = encoder.encode(TEXTS, ["top"] * len(TEXTS))
-    assert encoder.stats.reused_rows == len(TEXTS)
-    assert np.abs(reused - reference).max() <= 1e-5
-    assert np.abs(reused - base).max() > 0.05  # the top layers' adapter still applies
-    # An expert adapting the lower layers cannot start from the base pass's states.
-    encoder.encode(TEXTS, ["all"] * len(TEXTS))
-    assert encoder.stats.reused_rows == len(TEXTS)
+    encoder = LoraEncoder(lambda name: dirs[name], routing_layer=4)
+    seen: list[np.ndarray] = []
+    picks = [["top"], [BASE], ["top", "all"], ["all"]]
+    routed = encoder.encode_routed(TEXTS, lambda f: seen.append(f) or picks)
+    # The chooser saw the pooled states entering layer 4, as a full pass computes them.
+    batch = encoder._pad(encoder._tokenize(TEXTS), np.arange(len(TEXTS)))
+    with torch.inference_mode():
+        states = encoder.model(**batch, output_hidden_states=True).hidden_states[4]
+    features = mean_pool(states, batch["attention_mask"]).numpy()
+    assert np.abs(seen[0] - features).max() <= 1e-5
+    assert np.array_equal(routed.features, seen[0])
+    for text, row, vectors in zip(TEXTS, routed.adapters, routed.vectors, strict=True):
+        want = _exact(dirs, [text] * len(row), row)
+        assert np.abs(vectors - want).max() <= 1e-5
+    assert encoder.stats.one_pass_rows == 2 and encoder.stats.exact_rows == 2
+    assert encoder.one_pass("top") is True and encoder.one_pass("all") is False
+    assert np.abs(routed.vectors[0][0] - encoder.encode(TEXTS[:1])[0]).max() > 0.05
+    assert encoder.routing_features(TEXTS).shape == (len(TEXTS), 384)
+    encoder.unload("top")
+    assert encoder.one_pass("top") is None and "top" not in encoder._bank
 
 
-def test_replicas_share_routing_states_and_adapter_changes(
-    adapters_root: str, adapter_a: Path
+def test_all_layer_experts_route_on_token_embeddings(adapter_a: Path, adapter_b: Path) -> None:
+    """Routing layer 0: the features are the pooled token embeddings, and experts on all
+    six layers still run in one pass, a mixed batch equal to peft's."""
+    dirs = {"alpha": adapter_a, "beta": adapter_b}
+    encoder = LoraEncoder(lambda name: dirs[name], routing_layer=0)
+    mixed = ["alpha", "beta", BASE, "alpha"]
+    routed = encoder.encode_routed(TEXTS, lambda f: [[a] for a in mixed])
+    assert np.abs(np.concatenate(routed.vectors) - _exact(dirs, TEXTS, mixed)).max() <= 1e-5
+    assert encoder.one_pass("alpha") and encoder.stats.one_pass_rows == 3
+
+
+def test_one_pass_bank_pads_ranks_and_falls_back_to_peft(
+    adapters_root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Experts of different ranks share the stacked tables (zero-padded ranks add exactly
+    0); if the banked path raises, peft's full pass serves the same vectors."""
+    from app.encoder.row_lora import LoraBank
+    from app.shortcuts import ONE_PASS
+    from tests.helpers import make_adapter
+
+    modules = ("query", "key", "value", "dense")  # the shipped experts' recipe
+    dirs = {
+        "top1": make_adapter(11, adapters_root, modules, (4, 5)),
+        "top2": make_adapter(12, adapters_root, modules, (5,), rank=4),
+    }
+    mixed = ["top1", "top2", BASE, "top2"]
+    reference = _exact(dirs, TEXTS, mixed)
+    encoder = LoraEncoder(lambda name: dirs[name])
+    assert np.abs(encoder.encode(TEXTS, mixed) - reference).max() <= 1e-5
+    assert encoder.stats.one_pass_rows == 3
+    # Memory: peft's copy of the LoRA plus the bank's (same sizes, fp32).
+    lora = 2 * 8 * (4 * (384 + 384) + (384 + 1536) + (1536 + 384)) * 4
+    assert encoder._bank.bytes_of("top1") == lora
+    assert encoder.resident_bytes("top1") == 2 * lora
+
+    def broken(self, adapters):
+        raise RuntimeError("bank broke")
+
+    monkeypatch.setattr(LoraBank, "rows", broken)
+    served = encoder.encode(TEXTS, mixed)
+    assert np.abs(served - reference).max() <= 1e-5
+    assert ONE_PASS in encoder.shortcuts.degraded
+    assert encoder.stats.exact_rows == 3
+
+
+def test_replicas_route_and_load_alike(adapters_root: str, adapter_a: Path) -> None:
     from app.encoder.replicas import EncoderReplicas
     from tests.helpers import make_adapter
 
     top = make_adapter(7, adapters_root, layers=(4, 5))
     dirs = {"top": top, "all": adapter_a}
-    reference = LoraEncoder(lambda name: dirs[name]).encode(TEXTS, ["top"] * len(TEXTS))
-    replicas = EncoderReplicas(lambda name: dirs[name], count=2, reuse_layer=4)
+    reference = _exact(dirs, TEXTS, ["top"] * len(TEXTS))
+    replicas = EncoderReplicas(lambda name: dirs[name], count=2)
     replicas.ensure_resident(["top", "all"])
     assert all(r.resident() == ["top", "all"] for r in replicas.replicas)
-    replicas.encode(TEXTS, routing=[True] * len(TEXTS), replica=0)  # routing on one worker ...
-    reused = replicas.encode(TEXTS, ["top"] * len(TEXTS), replica=1)  # ... the expert's on another
-    assert replicas.replicas[1].stats.reused_rows == len(TEXTS)
-    assert np.abs(reused - reference).max() <= 1e-5
+    routed = replicas.encode_routed(TEXTS, lambda f: [["top"]] * len(f), replica=1)
+    assert replicas.replicas[1].stats.one_pass_rows == len(TEXTS)
+    assert np.abs(np.concatenate(routed.vectors) - reference).max() <= 1e-5
+    assert replicas.one_pass("top") is True and replicas.one_pass("all") is False
     replicas.unload("top")
     assert replicas.resident() == ["all"] and replicas.stats.loads == 4
-    # Deleted: its next load (new weights, maybe other layers) decides reuse afresh.
-    assert not replicas.replicas[0]._hidden.can_start_from("top")
+    assert replicas.one_pass("top") is None
 
 
 def test_documents_at_bf16_agree_with_fp32_or_stay_fp32(monkeypatch) -> None:
-    import app.encoder.lora_encoder as lora
+    import app.encoder.precision as lora
 
     encoder = LoraEncoder(lambda name: Path("/none"), document_precision="bf16")
     texts = ["Normal shocks in supersonic nozzle flow.", "csv.reader reads rows of a csv file"]
@@ -154,13 +217,13 @@ def test_documents_at_bf16_agree_with_fp32_or_stay_fp32(monkeypatch) -> None:
     exact = encoder.encode(texts)  # queries: the exact fp32 path
     assert not np.array_equal(fast, exact)  # bf16 did run
     assert np.min(np.sum(fast * exact, axis=1)) >= lora.DOCUMENT_MIN_COSINE
-    assert encoder.check_document_precision() >= lora.DOCUMENT_MIN_COSINE
+    assert lora.check_document_precision(encoder) >= lora.DOCUMENT_MIN_COSINE
     assert encoder.document_precision == "bf16"
     with pytest.raises(ValueError):
         encoder.encode(texts, ["some-expert", BASE], documents=True)
     # A precision that disagrees with fp32 is not used: documents stay on the exact path.
     monkeypatch.setattr(lora, "DOCUMENT_MIN_COSINE", 1.01)
-    encoder.check_document_precision()
+    lora.check_document_precision(encoder)
     assert encoder.document_precision == "fp32"
     assert np.array_equal(encoder.encode(texts, documents=True), exact)
 
@@ -192,55 +255,11 @@ def test_eval_cache_embeds_documents_as_the_server_does(tmp_path: Path) -> None:
     )
 
 
-def test_merged_expert_layers_equal_peft_and_fall_back_to_its_hooks(
-    adapters_root: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A reused expert pass runs the top layers on merged weights (W + scale * B @ A), one
-    plain pass per expert in the batch: equal to peft's full pass within 1e-5, also for a
-    mixed batch; if the merged path raises, peft's hooks serve the same vectors."""
-    from app.encoder.merged_experts import MergedTopLayers
-    from app.shortcuts import HIDDEN_STATE_REUSE, MERGED_EXPERT_LAYERS
-    from tests.helpers import make_adapter
-
-    modules = ("query", "key", "value", "dense")  # the shipped experts' recipe
-    dirs = {f"top{i}": make_adapter(10 + i, adapters_root, modules, (4, 5)) for i in (1, 2)}
-    mixed = ["top1", "top2", "top1", "top2"]
-    reference = LoraEncoder(lambda name: dirs[name]).encode(TEXTS, mixed)
-    encoder = LoraEncoder(lambda name: dirs[name], reuse_layer=4)
-    assert encoder.check_reuse() is not None
-    assert encoder.shortcuts.degraded == {}
-    runs = []
-    real_run = MergedTopLayers.run
-    monkeypatch.setattr(
-        MergedTopLayers, "run", lambda self, *a: runs.append(a[2]) or real_run(self, *a)
-    )
-    encoder.ensure_resident(["top1", "top2"])
-    encoder.encode(TEXTS, routing=[True] * len(TEXTS))
-    merged = encoder.encode(TEXTS, mixed)
-    assert sorted(sum(runs, [])) == sorted(mixed) and encoder.stats.reused_rows == len(TEXTS)
-    assert np.abs(merged - reference).max() <= 1e-5
-    # Memory of a resident expert: its LoRA plus two layers' merged Linear weights.
-    layer_weights = 4 * 384 * 384 + 2 * 384 * 1536
-    assert encoder._merged.bytes_of("top1") == 2 * layer_weights * 4
-    assert encoder.resident_bytes("top1") > encoder._merged.bytes_of("top1")
-    encoder.unload("top1")
-    assert not encoder._merged.has("top1") and encoder.resident_bytes("top1") == 0
-
-    def broken(self, *args):
-        raise RuntimeError("merged layers broke")
-
-    monkeypatch.setattr(MergedTopLayers, "run", broken)
-    encoder.encode(TEXTS, routing=[True] * len(TEXTS))
-    hooks = encoder.encode(TEXTS, mixed)
-    assert np.abs(hooks - reference).max() <= 1e-5
-    assert MERGED_EXPERT_LAYERS in encoder.shortcuts.degraded
-    assert encoder.shortcuts.enabled(HIDDEN_STATE_REUSE)
-
-
 def test_plain_base_pass_equals_the_anchor_model(encoder: LoraEncoder) -> None:
+    from app.encoder.self_checks import check_plain_base
     from app.shortcuts import PLAIN_BASE_PASS
 
-    assert encoder.check_plain_base() == 0.0
+    assert check_plain_base(encoder) == 0.0
     assert encoder.shortcuts.enabled(PLAIN_BASE_PASS)
     tokens = encoder.tokenizer(TEXTS, truncation=True, max_length=256)
     batch = encoder._pad(tokens, np.arange(len(TEXTS)))
@@ -253,36 +272,38 @@ def test_plain_base_pass_equals_the_anchor_model(encoder: LoraEncoder) -> None:
 def test_query_precision_by_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
     """`auto` on bf16 hardware: bf16 only if it is faster on the probe batch and agrees with
     fp32; a disagreeing or slower bf16 leaves queries on fp32."""
-    import app.encoder.lora_encoder as lora
+    import app.encoder.precision as lora
     from app.encoder.base_model import MEASURE, pick_precision
 
     encoder = LoraEncoder(lambda name: Path("/none"))
-    figures = encoder.measure_precision(rounds=1)
+    figures = lora.measure_precision(encoder, rounds=1)
     faster = figures["bf16_ms"] < figures["fp32_ms"]
     assert figures["cosine"] >= lora.QUERY_MIN_COSINE
     assert encoder.precision == figures["chosen"] == ("bf16" if faster else "fp32")
     monkeypatch.setattr(lora, "QUERY_MIN_COSINE", 1.01)
-    assert encoder.measure_precision(rounds=1)["chosen"] == "fp32" == encoder.precision
+    assert lora.measure_precision(encoder, rounds=1)["chosen"] == "fp32" == encoder.precision
     assert encoder.use_precision("bf16") == "bf16"  # an explicit setting is not measured
     assert pick_precision("auto", "cuda") == MEASURE
 
 
 def test_bf16_passes_on_pre_cast_weights_equal_autocast(adapters_root: str) -> None:
-    """Under bf16 autocast the plain base pass and the merged expert layers use weights cast
-    to bf16 once: the same values autocast computes with, so the same vectors."""
-    from app.shortcuts import MERGED_EXPERT_LAYERS, PLAIN_BASE_PASS
+    """Under bf16 autocast the plain base pass and the one-pass expert rows use weights
+    cast to bf16 once: the same values autocast computes with; the self-checks pass and
+    the expert rows agree with peft's autocast pass to a bf16 rounding step."""
+    from app.encoder.self_checks import check_one_pass, check_plain_base
+    from app.shortcuts import PLAIN_BASE_PASS
     from tests.helpers import make_adapter
 
     top = make_adapter(11, adapters_root, ("query", "key", "value", "dense"), (4, 5))
-    encoder = LoraEncoder(lambda name: top, precision="bf16", reuse_layer=4)
-    assert encoder.check_plain_base() == 0.0
-    assert encoder.check_reuse() is not None and encoder.shortcuts.degraded == {}
-    encoder.ensure_resident(["top"])  # routing passes now keep their hidden states
-    base = encoder.encode(TEXTS, routing=[True] * len(TEXTS))
-    expert = encoder.encode(TEXTS, ["top"] * len(TEXTS))
-    assert encoder.stats.reused_rows == len(TEXTS)
-    assert encoder._merged.bytes_of("top") == 3 * 2 * (4 * 384 * 384 + 2 * 384 * 1536) * 2
+    encoder = LoraEncoder(lambda name: top, precision="bf16")
+    assert check_plain_base(encoder) == 0.0
+    assert check_one_pass(encoder) is not None and encoder.shortcuts.degraded == {}
+    routed = encoder.encode_routed(TEXTS, lambda f: [["top", BASE]] * len(f))
+    assert encoder.stats.one_pass_rows == len(TEXTS)
+    base = encoder.encode(TEXTS)
     encoder.shortcuts.switch_off(PLAIN_BASE_PASS, "test: the PeftModel's autocast pass")
-    encoder.shortcuts.switch_off(MERGED_EXPERT_LAYERS, "test: peft's hooks")
-    assert np.array_equal(encoder.encode(TEXTS, routing=[True] * len(TEXTS)), base)
-    assert np.abs(encoder.encode(TEXTS, ["top"] * len(TEXTS)) - expert).max() <= 4e-3
+    assert np.array_equal(encoder.encode(TEXTS), base)
+    exact = encoder.encode(TEXTS, ["top"] * len(TEXTS))  # one-pass needs the plain pass
+    assert encoder.stats.exact_rows == len(TEXTS)
+    assert np.abs(np.stack([v[0] for v in routed.vectors]) - exact).max() <= 4e-3
+    assert np.abs(np.stack([v[1] for v in routed.vectors]) - base).max() <= 4e-3

@@ -6,8 +6,6 @@ the installed transformers and peft against a full expert pass.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
 
@@ -89,36 +87,53 @@ def test_run_layer_takes_a_tuple_or_a_tensor() -> None:
     assert hf_private.run_layer(lambda h, attention_mask: h + 2, hidden, None)[0, 0, 0] == 2
 
 
-def test_adapter_rows_passes_one_adapter_per_row_and_always_removes_the_hooks() -> None:
-    hooks: list[list[str]] = []
+def test_lora_factors_refuse_variants_and_name_modules_outside_the_layers() -> None:
+    class Weight:
+        def __init__(self, rows: int, cols: int) -> None:
+            import torch
 
-    class Peft:  # peft's shape: hooks removed after a bare `yield` (no try/finally)
-        @contextmanager
-        def _enable_peft_forward_hooks(self, adapter_names):
-            hooks.append(adapter_names)
-            yield
-            hooks.pop()
+            self.weight = torch.ones((rows, cols))
 
-    with hf_private.adapter_rows(Peft(), ("a", "b")):
-        assert hooks == [["a", "b"]]
-    assert hooks == []
-    with pytest.raises(RuntimeError), hf_private.adapter_rows(Peft(), ["a"]):
-        raise RuntimeError("a layer failed")
-    assert hooks == []  # an error inside must not leave the model hooked
-    with pytest.raises(PrivateApiUnavailable), hf_private.adapter_rows(object(), ["a"]):
-        pass
+    class Lora:
+        def __init__(self, dora: bool = False) -> None:
+            self.lora_A = {"e": Weight(2, 3)}  # (r, in)
+            self.lora_B = {"e": Weight(4, 2)}  # (out, r)
+            self.scaling = {"e": 0.5}
+            self.use_dora = {"e": dora}
+
+    class Model:
+        def __init__(self, modules: dict) -> None:
+            self.modules = modules
+
+        def get_base_model(self):
+            return self
+
+        def named_modules(self):
+            return iter(self.modules.items())
+
+    layered = Model({"encoder.layer.4.attention.self.query": Lora(), "pooler.dense": Lora()})
+    factors, outside = hf_private.lora_factors(layered, "e")
+    a, b = factors[(4, "attention.self.query")]
+    assert a.shape == (3, 2) and b.shape == (2, 4) and float(b[0, 0]) == 0.5  # scale folded
+    assert outside == ["pooler.dense"]
+    with pytest.raises(PrivateApiUnavailable):
+        hf_private.lora_factors(Model({"encoder.layer.0.output.dense": Lora(dora=True)}), "e")
 
 
 # -- the installed transformers / peft --------------------------------------------------
 
 
 @pytest.mark.slow
-def test_shim_reuse_equals_a_full_pass_on_the_installed_versions() -> None:
-    """The start-up self-check: a random top-layer adapter, reuse vs full pass."""
+@pytest.mark.parametrize("layer", [0, 4, 6])
+def test_shim_one_pass_equals_a_full_pass_on_the_installed_versions(layer: int) -> None:
+    """The start-up self-check: a random adapter above the routing layer, one pass vs
+    peft's full pass (at the final layer only the features: no layer is left to share)."""
     from app.encoder import LoraEncoder
+    from app.encoder.self_checks import PROBE_ADAPTER, check_one_pass
 
-    encoder = LoraEncoder(lambda name: None, reuse_layer=4)
-    difference = encoder.check_reuse()
+    encoder = LoraEncoder(lambda name: None, routing_layer=layer)
+    difference = check_one_pass(encoder)
     assert difference is not None and difference <= 1e-5
     assert encoder.shortcuts.degraded == {}
-    assert "__reuse_probe__" not in encoder.model.peft_config  # the probe leaves no trace
+    assert PROBE_ADAPTER not in encoder.model.peft_config  # the probe leaves no trace
+    assert encoder.resident() == [] and PROBE_ADAPTER not in encoder._bank

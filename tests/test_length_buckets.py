@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.encoder.lora_encoder import MAX_PADDING_WASTE, length_buckets
+from app.encoder.buckets import MAX_PADDING_WASTE, length_buckets
 
 
 def test_long_texts_get_their_own_bucket() -> None:

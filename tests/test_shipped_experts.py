@@ -1,7 +1,7 @@
 """The shipped experts serve routed searches on the installed transformers / peft.
 
 Test queries of each expert domain (read here, never trained on) go through `/v1/search`
-with the committed experts: every one answers 200, reuse passes its self-check (a newer
+with the committed experts: every one answers 200, the one-pass path passes its self-check (a newer
 transformers may leave it reported degraded: then the searches must still answer), and
 the top-layer experts' expert passes really start from the routing pass when it is on.
 """
@@ -59,5 +59,7 @@ def test_routed_searches_of_every_expert_domain_answer(tmp_path: Path) -> None:
             assert response.status_code == 200, (domain, response.text)
             routed.add(response.json()["routing"]["expert"])
         assert len(routed) >= 5, routed  # the router really spreads them over experts
-        reused = client.app.state.ctx.encoder.stats.reused_rows
-        assert reused > 0 or "hidden_state_reuse" in degraded
+        one_pass = client.app.state.ctx.encoder.stats.one_pass_rows
+        assert one_pass > 0 or "one_pass_lora" in degraded
+        experts = client.get("/v1/experts").json()["experts"]
+        assert all(e["one_pass"] for e in experts if e["resident"])  # layers 4-5, routed at 4

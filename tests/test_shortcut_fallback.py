@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from app.encoder import hf_private
-from app.shortcuts import HIDDEN_STATE_REUSE, Shortcuts
+from app.shortcuts import ONE_PASS, Shortcuts
 from tests.helpers import AUTH, make_adapter, register
 
 QUERY = "python sort dict by value"
@@ -34,11 +34,11 @@ def test_shortcuts_record_failures_once() -> None:
     shortcuts = Shortcuts()
     shortcuts.failed("embedding_cache", ValueError("bad row"), switch_off=False)
     assert shortcuts.enabled("embedding_cache") and shortcuts.fallbacks["embedding_cache"] == 1
-    shortcuts.failed(HIDDEN_STATE_REUSE, TypeError("x"))
-    shortcuts.failed(HIDDEN_STATE_REUSE, TypeError("y"))
-    assert not shortcuts.enabled(HIDDEN_STATE_REUSE)
-    assert shortcuts.degraded == {HIDDEN_STATE_REUSE: "TypeError: x"}  # the first reason
-    assert shortcuts.fallbacks[HIDDEN_STATE_REUSE] == 2
+    shortcuts.failed(ONE_PASS, TypeError("x"))
+    shortcuts.failed(ONE_PASS, TypeError("y"))
+    assert not shortcuts.enabled(ONE_PASS)
+    assert shortcuts.degraded == {ONE_PASS: "TypeError: x"}  # the first reason
+    assert shortcuts.fallbacks[ONE_PASS] == 2
 
 
 @pytest.mark.slow
@@ -50,23 +50,25 @@ def test_shortcuts_record_failures_once() -> None:
     ],
     ids=["raises", "wrong-result"],
 )
-def test_a_failed_self_check_switches_reuse_off(
+def test_a_failed_self_check_switches_one_pass_off(
     monkeypatch: pytest.MonkeyPatch, adapters_root: str, breakage
 ) -> None:
     from app.encoder import LoraEncoder
+    from app.encoder.self_checks import check_one_pass
 
     name, replacement, reason = breakage
-    monkeypatch.setattr(hf_private, name, replacement)
     top = make_adapter(7, adapters_root, layers=(4, 5))
     texts = [QUERY, "x"]
     reference = LoraEncoder(lambda _: top).encode(texts, ["top"] * 2)
-    encoder = LoraEncoder(lambda _: top, reuse_layer=4)
-    encoder.check_reuse()
-    assert encoder.shortcuts.degraded[HIDDEN_STATE_REUSE].startswith(reason)
-    encoder.encode(texts, routing=[True, True])
+    monkeypatch.setattr(hf_private, name, replacement)
+    encoder = LoraEncoder(lambda _: top, routing_layer=4)
+    check_one_pass(encoder)
+    assert encoder.shortcuts.degraded[ONE_PASS].startswith(reason)
+    routed = encoder.encode_routed(texts, lambda f: [["top"]] * len(f))
     served = encoder.encode(texts, ["top"] * 2)
-    assert encoder.stats.reused_rows == 0
+    assert encoder.stats.one_pass_rows == 0 and encoder.stats.exact_rows == 4
     assert np.abs(served - reference).max() <= 1e-5
+    assert np.abs(np.concatenate(routed.vectors) - reference).max() <= 1e-5
 
 
 def _register(client: TestClient, name: str, adapter: Path, queries: list[str]) -> None:
@@ -88,15 +90,15 @@ def _hits(body: dict) -> list[tuple[str, float]]:
 
 
 @pytest.mark.slow
-def test_reuse_raising_at_run_time_serves_the_full_pass(
+def test_one_pass_raising_at_run_time_serves_the_full_pass(
     settings, monkeypatch: pytest.MonkeyPatch, adapters_root: str, adapter_a: Path
 ) -> None:
-    """The issue-9 failure: the reuse shim raises on a routed search to a top-layer expert.
+    """The issue-9 failure: the one-pass shim raises on a routed search to a top-layer expert.
     The search answers 200 with the hits of a full pass, and the metrics say so."""
     settings.embedding_cache_size = 0  # every search runs the encoder
     with TestClient(create_app(settings)) as client:
         _populate(client, adapters_root, adapter_a)
-        # Reference: the expert pinned, so no routing pass and no hidden states: full pass.
+        # Reference: the expert pinned, so no routing inside the pass.
         pinned = client.post("/v1/search", json={"query": QUERY, "expert": "code"})
         assert pinned.status_code == 200
         monkeypatch.setattr(hf_private, "encoder_attention_mask", _broken)
@@ -107,14 +109,14 @@ def test_reuse_raising_at_run_time_serves_the_full_pass(
         assert [i for i, _ in got] == [i for i, _ in want]
         assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
         metrics = client.get("/metrics").text
-        assert 'rr_shortcut_fallbacks_total{shortcut="hidden_state_reuse"} 1.0' in metrics
-        assert 'rr_shortcut_degraded{shortcut="hidden_state_reuse"} 1.0' in metrics
+        assert 'rr_shortcut_fallbacks_total{shortcut="one_pass_lora"} 1.0' in metrics
+        assert 'rr_shortcut_degraded{shortcut="one_pass_lora"} 1.0' in metrics
         ready = client.get("/readyz")
         assert ready.status_code == 200
-        assert "TypeError" in ready.json()["degraded"][HIDDEN_STATE_REUSE]
+        assert "TypeError" in ready.json()["degraded"][ONE_PASS]
         # Off for the process now: the next routed search does not even try.
         assert client.post("/v1/search", json={"query": QUERY}).status_code == 200
-        assert 'rr_shortcut_fallbacks_total{shortcut="hidden_state_reuse"} 1.0' in (
+        assert 'rr_shortcut_fallbacks_total{shortcut="one_pass_lora"} 1.0' in (
             client.get("/metrics").text
         )
 
@@ -127,20 +129,20 @@ def test_start_up_self_check_failure_is_reported_and_served(
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200
-        assert "self-check raised TypeError" in ready.json()["degraded"][HIDDEN_STATE_REUSE]
+        assert "self-check raised TypeError" in ready.json()["degraded"][ONE_PASS]
         _populate(client, adapters_root, adapter_a)
         routed = client.post("/v1/search", json={"query": QUERY})
         assert routed.status_code == 200 and _hits(routed.json())
         metrics = client.get("/metrics").text
-        assert 'rr_shortcut_degraded{shortcut="hidden_state_reuse"} 1.0' in metrics
-        assert "rr_expert_rows_reused_total 0.0" in metrics
+        assert 'rr_shortcut_degraded{shortcut="one_pass_lora"} 1.0' in metrics
+        assert "rr_expert_rows_one_pass_total 0.0" in metrics
 
 
 @pytest.mark.slow
 def test_exact_path_failure_is_a_typed_error(client: TestClient, monkeypatch) -> None:
     from app.encoder import LoraEncoder
 
-    monkeypatch.setattr(LoraEncoder, "_forward", _broken)
+    monkeypatch.setattr(LoraEncoder, "_pad", _broken)  # every path pads its batch
     response = client.post("/v1/search", json={"query": "a query never cached"})
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "encoder_failed"

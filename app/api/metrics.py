@@ -91,16 +91,22 @@ class _StatsCollector:
         yield GaugeMetricFamily("rr_adapters_resident", "Adapters loaded", value=snap.resident)
         held = GaugeMetricFamily(
             "rr_expert_resident_bytes",
-            "Memory a resident expert holds over all model workers (LoRA + merged layers)",
+            "Memory a resident expert holds over all model workers (peft + one-pass tables)",
             labels=["expert"],
         )
         for name, size in sorted(snap.resident_bytes.items()):
             held.add_metric([name], size)
         yield held
         yield CounterMetricFamily(
-            "rr_expert_rows_reused",
-            "Expert passes that ran only the top layers, from the routing pass's hidden states",
-            value=pool.reused_rows,
+            "rr_expert_rows_one_pass",
+            "Expert rows served in one pass: base layers shared, per-row LoRA deltas above",
+            value=pool.one_pass_rows,
+        )
+        yield CounterMetricFamily(
+            "rr_expert_rows_exact",
+            "Expert rows served by a full peft pass (LoRA below the routing layer, or the "
+            "one-pass shortcut off)",
+            value=pool.exact_rows,
         )
         off = GaugeMetricFamily(
             "rr_shortcut_degraded",

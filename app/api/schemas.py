@@ -170,8 +170,13 @@ class ExpertOut(BaseModel):
     resident: bool
     resident_bytes: int = Field(
         0,
-        description="Memory its adapter holds while resident, over all model workers, "
-        "merged top-layer weights included.",
+        description="Memory its adapter holds while resident, over all model workers "
+        "(peft's copy and the one-pass tables).",
+    )
+    one_pass: bool | None = Field(
+        None,
+        description="Served in one pass with routing (its LoRA changes no layer below the "
+        "routing layer); false: a full second pass serves it exactly; null: not resident.",
     )
     state: Literal["ready", "indexing"] = Field(
         "ready", description='"indexing" while first-start indexing fills its index.'

@@ -1,5 +1,6 @@
 """Query and document encoders: the frozen base model plus a pool of LoRA experts."""
 
-from app.encoder.lora_encoder import BASE, LoraEncoder
+from app.encoder.base import BASE
+from app.encoder.lora_encoder import LoraEncoder
 
 __all__ = ["BASE", "LoraEncoder"]

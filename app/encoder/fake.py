@@ -5,6 +5,8 @@ bags of words, so texts sharing words are close and routing by pilot centroids b
 with the real model. An adapter is read from its real files (a missing or unreadable one is
 an InvalidAdapter, as with peft) and acts as a fixed perturbation seeded by its weights'
 hash: distinct adapters give distinct vectors, an identity adapter (every lora_B zero) none.
+Its routing features are its base vectors (it has no layers), so a routed pass is the
+chooser on those, then each chosen adapter's vector.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.encoder.lora_encoder import BASE, AdapterLocator, PoolStats
+from app.encoder.base import BASE, AdapterLocator, Chooser, PoolStats, RoutedPass
 from app.errors import InvalidAdapter
 from app.shortcuts import Shortcuts
 
@@ -55,7 +57,9 @@ class FakeEncoder:
         capacity: int = 16,
         max_seq_length: int = 256,
         shortcuts: Shortcuts | None = None,
+        routing_layer: int = 4,
     ) -> None:
+        self.routing_layer = routing_layer
         self._locate = locate_adapter
         self._count = count
         self.capacity = capacity
@@ -136,15 +140,14 @@ class FakeEncoder:
         self,
         texts: Sequence[str],
         adapters: Sequence[str] | None = None,
-        routing: Sequence[bool] | None = None,
         replica: int = 0,
         documents: bool = False,  # one precision here: documents embed like queries
     ) -> np.ndarray:
         adapters = list(adapters) if adapters is not None else [BASE] * len(texts)
         if documents and any(a != BASE for a in adapters):
             raise ValueError("documents are embedded by the base model only")
-        if len(adapters) != len(texts) or (routing is not None and len(routing) != len(texts)):
-            raise ValueError("one adapter name (and routing flag) per text")
+        if len(adapters) != len(texts):
+            raise ValueError("one adapter name per text")
         if not 0 <= replica < self._count:
             raise ValueError(f"no replica {replica}")
         out = np.stack([self._base(t) for t in texts]) if texts else np.zeros((0, self.dim))
@@ -155,6 +158,23 @@ class FakeEncoder:
                 if weights is not None:
                     out[i] = out[i] + ADAPTER_STRENGTH * (weights @ out[i])
         return _unit(out)
+
+    def encode_routed(self, texts: Sequence[str], choose: Chooser, replica: int = 0) -> RoutedPass:
+        features = self.routing_features(texts, replica)
+        chosen = [list(row) for row in choose(features)]
+        if len(chosen) != len(texts):
+            raise ValueError("the chooser must pick adapters for every text")
+        vectors = [
+            self.encode([text] * len(row), row, replica)
+            for text, row in zip(texts, chosen, strict=True)
+        ]
+        return RoutedPass(features, chosen, vectors)
+
+    def routing_features(self, texts: Sequence[str], replica: int = 0) -> np.ndarray:
+        return self.encode(texts, replica=replica)
+
+    def one_pass(self, name: str) -> bool | None:
+        return True if name in self._adapters else None
 
     def _base(self, text: str) -> np.ndarray:
         vector = np.zeros(self.dim, dtype=np.float32)

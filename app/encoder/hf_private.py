@@ -1,8 +1,9 @@
 """The one module that calls private transformers / peft APIs.
 
-Hidden-state reuse runs a BERT encoder's top layers by hand, which no public API offers: it
-needs the model's own attention-mask builder and peft's per-row adapter hooks. Both are
-private and have changed between releases (transformers 5.0's `_create_attention_masks` takes
+The one-pass path runs a BERT encoder's layers by hand, which no public API offers: it needs
+the model's own attention-mask builder, and it reads peft's LoRA factors (`lora_A`, `lora_B`,
+`scaling`) to serve them in its own batched form. Both are private and have changed between
+releases (transformers 5.0's `_create_attention_masks` takes
 `cache_position` and `past_key_values`, later 5.x a single `cache`; 4.x has no such method at
 all), so every call goes through here, adapts to the installed version, and raises
 `PrivateApiUnavailable` when it cannot. Callers treat that as "shortcut unavailable" and
@@ -15,31 +16,11 @@ Supported (tested in tests/test_hf_private.py, bounded in pyproject.toml): trans
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 
 class PrivateApiUnavailable(RuntimeError):
     """The installed transformers / peft lacks a private API in a form this shim knows."""
-
-
-@contextmanager
-def adapter_rows(peft_model: Any, adapter_names: Sequence[str]) -> Iterator[None]:
-    """Context in which each row i of a batch run through the LoRA layers uses
-    `adapter_names[i]` (peft's mixed-batch hooks, without a whole-model forward)."""
-    enable = getattr(peft_model, "_enable_peft_forward_hooks", None)
-    if enable is None:
-        raise PrivateApiUnavailable("peft has no _enable_peft_forward_hooks")
-    hooks = enable(adapter_names=list(adapter_names))
-    hooks.__enter__()
-    try:
-        yield
-    finally:
-        # peft removes its hooks after its `yield` with no try/finally: an exception thrown
-        # in would leave them on every LoRA layer, and each later pass of this model would
-        # fail. Closing it as if nothing was raised always runs that removal.
-        hooks.__exit__(None, None, None)
 
 
 # The arguments `_create_attention_masks` takes besides the mask and embeddings: decoder
@@ -91,22 +72,34 @@ def run_layer(layer: Any, hidden: Any, attention_mask: Any) -> Any:
     return output[0] if isinstance(output, tuple) else output
 
 
-def lora_deltas(peft_model: Any, adapter: str, first_layer: int) -> dict[tuple[int, str], Any]:
-    """`{(layer, module path inside the layer): delta}` for each LoRA module of `adapter` in
-    encoder layers >= `first_layer`, where `delta` is what merging would add to the base
-    weight (peft's `get_delta_weight`: scale * B @ A, transposed for fan-in-fan-out)."""
+def lora_factors(peft_model: Any, adapter: str) -> tuple[dict[tuple[int, str], tuple], list[str]]:
+    """`adapter`'s LoRA as `{(encoder layer, module path inside the layer): (A^T, s * B^T)}`
+    (A^T: (in, r); s * B^T: (r, out), the scaling folded in), and the paths of its LoRA
+    modules outside the encoder layers (embeddings, pooler), which no per-layer path
+    serves. Raises PrivateApiUnavailable for LoRA variants that are not a plain B @ A
+    (DoRA, fan-in-fan-out weights)."""
     import re
 
     pattern = re.compile(r"encoder\.layer\.(\d+)\.(.+)$")
-    deltas: dict[tuple[int, str], Any] = {}
+    factors: dict[tuple[int, str], tuple] = {}
+    outside: list[str] = []
     for path, module in peft_model.get_base_model().named_modules():
-        if adapter not in getattr(module, "lora_A", {}):
+        lora_a = getattr(module, "lora_A", None)
+        if lora_a is None or adapter not in lora_a:
             continue
+        if getattr(module, "use_dora", {}).get(adapter, False) or getattr(
+            module, "fan_in_fan_out", False
+        ):
+            raise PrivateApiUnavailable(f"{path}: a LoRA variant other than plain B @ A")
         match = pattern.search(path)
-        if match is None or int(match.group(1)) < first_layer:
+        if match is None:
+            outside.append(path)
             continue
-        get_delta = getattr(module, "get_delta_weight", None)
-        if get_delta is None or getattr(module, "use_dora", {}).get(adapter, False):
-            raise PrivateApiUnavailable("peft LoRA layer without a plain get_delta_weight")
-        deltas[(int(match.group(1)), match.group(2))] = get_delta(adapter).detach()
-    return deltas
+        a = lora_a[adapter].weight.detach()  # (r, in)
+        b = module.lora_B[adapter].weight.detach()  # (out, r)
+        scale = float(module.scaling[adapter])
+        factors[(int(match.group(1)), match.group(2))] = (
+            a.t().contiguous(),
+            (scale * b).t().contiguous(),
+        )
+    return factors, outside

@@ -1,26 +1,27 @@
-"""Base encoder + a bounded pool of LoRA experts, served in mixed-adapter forward passes.
+"""Base encoder + a bounded pool of LoRA experts, every query in one pass.
 
-Every row of a batch names its own adapter (`adapter_names=[...]`, `BASE` for the plain
-model), so one forward pass serves many experts and no shared "active adapter" is ever
-switched per request (switching races under concurrency).
+A routed query runs the layers below `routing_layer` once on the base model; the pooled
+states entering that layer are its routing features; the chooser (the router) picks its
+experts from them, and the row continues through the layers above with its own expert's
+LoRA delta in the same batched step (`row_lora`). Experts whose LoRA also changes lower
+layers, and every row when the one-pass shortcut is off, take the exact path: a full pass
+through peft's mixed-adapter batch (`adapter_names=[...]`), as `check_one_pass` compares at
+start-up. No shared "active adapter" is ever switched per request (that races).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import re
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from app.encoder import hf_private
+from app.encoder import hf_private, precision
+from app.encoder.adapter_pool import AdapterPool
+from app.encoder.base import BASE, AdapterLocator, Chooser, PoolStats, RoutedPass
 from app.encoder.base_model import (
     EMBEDDING_DIM,
     MEASURE,
@@ -31,96 +32,13 @@ from app.encoder.base_model import (
     pick_document_precision,
     pick_precision,
 )
-from app.encoder.hidden_states import HiddenStateCache
-from app.encoder.merged_experts import MergedTopLayers
-from app.errors import InvalidAdapter
-from app.shortcuts import (
-    HIDDEN_STATE_REUSE,
-    MERGED_EXPERT_LAYERS,
-    PLAIN_BASE_PASS,
-    Shortcuts,
-)
+from app.encoder.buckets import length_buckets
+from app.shortcuts import ONE_PASS, PLAIN_BASE_PASS, Shortcuts
 
 log = logging.getLogger(__name__)
 
-BASE = "__base__"  # peft's name for "no adapter" rows in a mixed batch
 # A permanent no-op adapter (B = 0) keeps the PeftModel valid when every expert is evicted.
 _ANCHOR = "__anchor__"
-# A random top-layer adapter that exists only while the start-up self-check runs.
-_PROBE = "__reuse_probe__"
-PROBE_TEXTS = (
-    "what causes aircraft wing flutter at supersonic speed",
-    "python sort a dictionary by value",
-    "x",
-)
-# Hidden-state reuse must equal a full expert pass: within float32 rounding, or one bf16
-# rounding step when the passes run under bf16 autocast.
-REUSE_TOLERANCE = {"fp32": 1e-5, "bf16": 4e-3}
-# Documents at a faster precision must agree with fp32 to this cosine (measured: >= 0.99996
-# on every staged corpus under bf16 autocast).
-DOCUMENT_MIN_COSINE = 0.9999
-PROBE_DOCUMENTS = (
-    "Wing sweep delays the compressibility drag rise of transonic aircraft.",
-    "sorted(d.items(), key=lambda kv: kv[1]) sorts a dictionary by value in Python.",
-    "Vitamin D supplementation and bone mineral density in older adults: a randomized "
-    "controlled trial of 400 participants followed for two years.",
-)
-_LAYER = re.compile(r"\.layer\.(\d+)\.")
-# Queries at bf16 must agree with fp32 to this cosine on the probe batch (and be faster).
-QUERY_MIN_COSINE = 0.9999
-PROBE_QUERIES = tuple(f"{text} {i}" for i, text in enumerate(PROBE_TEXTS * 11))[:32]
-
-AdapterLocator = Callable[[str], Path]
-"""Maps an expert name to the directory holding its adapter; raises NotFound if gone."""
-
-
-@dataclass
-class PoolStats:
-    loads: int = 0
-    evictions: int = 0
-    last_load_ms: float = 0.0
-    reused_rows: int = 0  # expert rows that started from the routing pass's hidden states
-
-
-# A bucket may waste at most this share of its padded tokens: one long text must not pad a
-# whole batch of short queries to its length.
-MAX_PADDING_WASTE = 0.3
-
-
-def bf16_linear_copy(model: Any, torch: Any) -> Any:
-    """`model` with its Linear layers' weights and biases cast to bf16 (the values bf16
-    autocast computes with) and every other tensor shared with it."""
-    linear = {
-        id(t)
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear)
-        for t in m.parameters(recurse=False)
-    }
-    shared = {id(t): t for t in (*model.parameters(), *model.buffers()) if id(t) not in linear}
-    copied = copy.deepcopy(model, shared)
-    for module in copied.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.to(torch.bfloat16)
-    return copied
-
-
-def length_buckets(lengths: Sequence[int], max_rows: int) -> list[np.ndarray]:
-    """Row indices grouped by similar token length (sorted), each group <= max_rows."""
-    order = np.argsort(lengths, kind="stable")
-    buckets: list[list[int]] = []
-    current: list[int] = []
-    tokens = 0
-    for i in order:
-        n = lengths[i]  # >= every length already in `current` (sorted ascending)
-        padded = n * (len(current) + 1)
-        if current and (len(current) == max_rows or tokens + n < (1 - MAX_PADDING_WASTE) * padded):
-            buckets.append(current)
-            current, tokens = [], 0
-        current.append(int(i))
-        tokens += n
-    if current:
-        buckets.append(current)
-    return [np.array(b, dtype=np.int64) for b in buckets]
 
 
 class LoraEncoder:
@@ -136,144 +54,102 @@ class LoraEncoder:
         max_seq_length: int = 256,
         batch_size: int = 64,
         precision: str = "fp32",
-        reuse_layer: int | None = None,
+        routing_layer: int = 4,
         document_precision: str = "fp32",
-        hidden_states: HiddenStateCache | None = None,
         shortcuts: Shortcuts | None = None,
     ) -> None:
-        """`reuse_layer` builds a private hidden-state cache; replicas pass a shared one
-        (and a shared `shortcuts` record, so a failed shortcut is off for all of them)."""
+        """`routing_layer`: routing features are the pooled states entering this layer (0:
+        the token embeddings; the layer count: the final embedding, which leaves no layer
+        to share, so every expert pass is a full one)."""
         import torch
         from peft import LoraConfig, get_peft_model
 
+        from app.encoder.row_lora import LoraBank, wrap_layers
+
         self._torch = torch
         self.device = device
-        self.capacity = capacity
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.precision = precision
         self.document_precision = document_precision
-        self._locate = locate_adapter
         self.tokenizer = load_tokenizer()
         base = load_base_model(device)
         self.module_shapes = linear_module_shapes(base)
-        self._layer_count = len(base.encoder.layer)
-        # The base model without LoRA wrappers, sharing every weight tensor with the served
-        # model (peft wraps `base` in place): base passes skip peft's per-module checks and the
-        # anchor's no-op LoRA, and merged expert layers run on its top layers.
+        self.layer_count = len(base.encoder.layer)
+        if not 0 <= routing_layer <= self.layer_count:
+            raise ValueError(f"routing_layer must be within 0..{self.layer_count}")
+        self.routing_layer = routing_layer
+        # The base model without peft's wrappers, sharing every weight tensor with the served
+        # model (peft wraps `base` in place): base rows skip peft's per-module checks, and
+        # its layers from `routing_layer` up add the banked experts' per-row deltas.
         shared = {id(t): t for t in (*base.parameters(), *base.buffers())}
         self._plain = copy.deepcopy(base, shared)
-        self._plain_bf16: Any = None  # built on the first bf16 base pass
+        self._bank = LoraBank(routing_layer, device)
+        self._wrap = lambda model: wrap_layers(model, self._bank)
+        self._wrap(self._plain)
+        self._plain_bf16: Any = None  # built on the first bf16 pass
         anchor = LoraConfig(r=1, lora_alpha=1, target_modules=["query"], init_lora_weights=True)
         self.model = get_peft_model(base, anchor, adapter_name=_ANCHOR).eval()
-        self._resident: OrderedDict[str, None] = OrderedDict()
-        if hidden_states is None and reuse_layer is not None:
-            hidden_states = HiddenStateCache(reuse_layer)
-        self._hidden = hidden_states
-        self.reuse_layer = None if hidden_states is None else hidden_states.layer
-        self._merged = (
-            None
-            if self.reuse_layer is None
-            else MergedTopLayers(self._plain.encoder.layer[self.reuse_layer :], self.reuse_layer)
-        )
         self.shortcuts = shortcuts if shortcuts is not None else Shortcuts()
-        self._lock = threading.RLock()
         self.stats = PoolStats()
+        self._pool = AdapterPool(
+            self.model, locate_adapter, capacity, self.stats, self._bank_expert, self._bank.remove
+        )
+        self._lock = threading.RLock()
+        # Set by the self-checks: a shortcut that raises propagates (no fallback to hide it).
+        self.strict = False
 
     # -- adapter pool -------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self._pool.capacity
 
     def resident(self) -> list[str]:
         """Resident experts, least recently used first."""
         with self._lock:
-            return list(self._resident)
+            return self._pool.resident()
 
     def is_resident(self, name: str) -> bool:
-        return name in self._resident
+        return name in self._pool
 
     def ensure_resident(self, names: Sequence[str]) -> None:
-        """Load missing adapters, evicting the least recently used ones not needed now."""
-        wanted = [n for n in dict.fromkeys(names) if n != BASE]
         with self._lock:
-            for name in wanted:
-                if name in self._resident:
-                    self._resident.move_to_end(name)
-                    continue
-                self._evict_down_to(self.capacity - 1, keep=set(wanted))
-                self._load(name)
+            self._pool.ensure(names)
 
     def unload(self, name: str) -> None:
         """Drop an expert's adapter (it was deleted or replaced)."""
         with self._lock:
-            if name in self._resident:
-                self._delete_adapter(name)
-                del self._resident[name]
-            if self._hidden is not None:
-                self._hidden.forget_expert(name)
+            self._pool.unload(name)
 
-    def _evict_down_to(self, size: int, keep: set[str]) -> None:
-        for victim in [n for n in self._resident if n not in keep]:
-            if len(self._resident) <= size:
-                break
-            self._delete_adapter(victim)
-            del self._resident[victim]
-            self.stats.evictions += 1
-
-    def _load(self, name: str) -> None:
-        directory = self._locate(name)
-        started = time.perf_counter()
-        try:
-            result = self.model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
-        except (ValueError, KeyError, OSError, RuntimeError) as exc:  # peft's errors vary
-            if name in self.model.peft_config:
-                self.model.delete_adapter(name)
-            raise InvalidAdapter(f"adapter of expert {name!r} could not be loaded: {exc}") from exc
-        missing = [k for k in getattr(result, "missing_keys", []) if f".{name}." in k]
-        applied = sum(1 for m in self.model.modules() if name in getattr(m, "lora_A", {}))
-        if missing or applied == 0:
-            # Never serve base-model vectors under an expert's name.
-            self.model.delete_adapter(name)
-            raise InvalidAdapter(f"adapter of expert {name!r} did not apply to the base model")
-        self.model.eval()
-        layers = [
-            int(m.group(1))
-            for path, module in self.model.named_modules()
-            if name in getattr(module, "lora_A", {}) and (m := _LAYER.search(path))
-        ]
-        if self._hidden is not None:
-            self._hidden.note_expert(name, min(layers) if layers else 0)
-        self._merge(name, layers)
-        self._resident[name] = None
-        self.stats.loads += 1
-        self.stats.last_load_ms = (time.perf_counter() - started) * 1000
-
-    def _merge(self, name: str, layers: list[int]) -> None:
-        """Merged top-layer weights for an expert whose pass can start from hidden states."""
-        merged = self._merged
-        if merged is None or self.reuse_layer is None:
-            return
-        merged.remove(name)  # a reloaded expert must never run on old weights
-        if not layers or min(layers) < self.reuse_layer:
-            return
-        if not self.shortcuts.enabled(MERGED_EXPERT_LAYERS):
-            return
-        try:
-            merged.add(name, self.model)
-        except Exception as exc:  # the peft hooks path serves instead
-            self.shortcuts.failed(MERGED_EXPERT_LAYERS, exc)
-
-    def _delete_adapter(self, name: str) -> None:
-        self.model.delete_adapter(name)
-        if self._merged is not None:
-            self._merged.remove(name)
+    def one_pass(self, name: str) -> bool | None:
+        if name not in self._pool:
+            return None
+        return name in self._bank and self._one_pass_on
 
     def resident_bytes(self, name: str) -> int:
-        """Memory an expert holds while resident: its LoRA weights plus merged layers."""
-        lora = sum(
-            p.numel() * p.element_size()
-            for path, p in self.model.named_parameters()
-            if f".{name}." in path
-        )
-        return lora + (self._merged.bytes_of(name) if self._merged is not None else 0)
+        """Memory an expert holds while resident: its LoRA in peft and in the bank."""
+        with self._lock:
+            if name not in self._pool:
+                return 0
+            return self._pool.lora_bytes(name) + self._bank.bytes_of(name)
+
+    def _bank_expert(self, name: str) -> None:
+        """Bank a loaded expert for one-pass serving if its LoRA sits only in layers at or
+        above `routing_layer`; else it is served by the exact path."""
+        self._bank.remove(name)  # a reloaded expert must never run on old factors
+        try:
+            factors, outside = hf_private.lora_factors(self.model, name)
+        except hf_private.PrivateApiUnavailable as exc:
+            log.warning("expert %s served by the exact path: %s", name, exc)
+            return
+        if outside or not factors or min(layer for layer, _ in factors) < self.routing_layer:
+            return  # changes layers below the routing layer: its pass must be a full one
+        self._bank.add(name, factors)
+
+    @property
+    def _one_pass_on(self) -> bool:
+        return self.shortcuts.enabled(ONE_PASS) and self.shortcuts.enabled(PLAIN_BASE_PASS)
 
     # -- encoding -----------------------------------------------------------------------
 
@@ -281,189 +157,66 @@ class LoraEncoder:
         self,
         texts: Sequence[str],
         adapters: Sequence[str] | None = None,
-        routing: Sequence[bool] | None = None,
         documents: bool = False,
     ) -> np.ndarray:
         """Embed `texts`; row i uses adapter `adapters[i]` (default: all base).
 
         `documents`: the texts are documents (base model only), run at `document_precision`.
-
-        `routing[i]`: row i is a query's routing pass, so an expert pass may follow and its
-        hidden states are kept for reuse (documents' base passes are not). Returns float32
-        `(len(texts), dim)` rows with unit L2 norm. Rows are sorted by length internally so
-        short queries are not padded to the longest one.
+        Returns float32 `(len(texts), dim)` rows with unit L2 norm. Rows are sorted by
+        length internally so short queries are not padded to the longest one.
         """
         if adapters is None:
             adapters = [BASE] * len(texts)
-        if routing is None:
-            routing = [False] * len(texts)
-        if len(adapters) != len(texts) or len(routing) != len(texts):
-            raise ValueError("one adapter name (and routing flag) per text")
+        if len(adapters) != len(texts):
+            raise ValueError("one adapter name per text")
         if documents and any(a != BASE for a in adapters):
             raise ValueError("documents are embedded by the base model only")
-        precision = self.document_precision if documents else self.precision
+        at = self.document_precision if documents else self.precision
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        tokens = self.tokenizer(
-            list(texts), truncation=True, max_length=self.max_seq_length, padding=False
-        )
-        lengths = [len(ids) for ids in tokens["input_ids"]]
+        tokens = self._tokenize(texts)
         with self._lock:
-            self.ensure_resident(adapters)
-            # Fetched once: another replica may evict them from the shared cache meanwhile.
-            found = {i: self._reusable(texts[i], adapters[i]) for i in range(len(texts))}
-            states = {i: state for i, state in found.items() if state is not None}
-            exact = [i for i in range(len(texts)) if i not in states]
-            if states:
-                try:
-                    self._encode_from_hidden(out, states, adapters, lengths)
-                    self.stats.reused_rows += len(states)
-                except Exception as exc:  # the shortcut never fails a request
-                    self.shortcuts.failed(HIDDEN_STATE_REUSE, exc)
-                    exact = list(range(len(texts)))
-            rows_to_run = np.array(exact, dtype=np.int64)
-            for bucket in length_buckets([lengths[i] for i in rows_to_run], self.batch_size):
-                rows = rows_to_run[bucket]
-                out[rows] = self._forward(texts, tokens, rows, adapters, routing, precision)
-            self._evict_down_to(self.capacity, keep=set())
+            self._pool.ensure(adapters)
+            out[:] = self._full_passes(tokens, np.arange(len(texts)), list(adapters), at)
+            self._pool.shrink(self.capacity, keep=set())
         return out
 
-    def _encode_from_hidden(
-        self, out: np.ndarray, states: dict[int, Any], adapters: Sequence[str], lengths: list[int]
-    ) -> None:
-        reusable = np.array(sorted(states), dtype=np.int64)
-        for bucket in length_buckets([lengths[i] for i in reusable], self.batch_size):
-            rows = reusable[bucket]
-            out[rows] = self._forward_from_hidden(
-                [states[i] for i in rows], [adapters[i] for i in rows]
-            )
+    def encode_routed(self, texts: Sequence[str], choose: Chooser) -> RoutedPass:
+        """One pass per text: layers below `routing_layer` once, `choose` on the pooled
+        features, the layers above with each row's chosen adapters (one vector each)."""
+        features = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return RoutedPass(features, [], [])
+        tokens = self._tokenize(texts)
+        lengths = [len(ids) for ids in tokens["input_ids"]]
+        buckets = length_buckets(lengths, self.batch_size)
+        with self._lock:
+            lower = self._lower_passes(tokens, buckets, features)
+            chosen = [list(c) for c in choose(features)]
+            if len(chosen) != len(texts):
+                raise ValueError("the chooser must pick adapters for every text")
+            self._pool.ensure([a for row in chosen for a in row])
+            vectors = [np.empty((len(row), self.dim), dtype=np.float32) for row in chosen]
+            pairs = [(i, j, a) for i, row in enumerate(chosen) for j, a in enumerate(row)]
+            rest = self._upper_passes(lower, chosen, vectors) if lower is not None else pairs
+            if rest:
+                rows = np.array([i for i, _, _ in rest], dtype=np.int64)
+                found = self._full_passes(tokens, rows, [a for _, _, a in rest], self.precision)
+                for (i, j, _), row in zip(rest, found, strict=True):
+                    vectors[i][j] = row
+            self._pool.shrink(self.capacity, keep=set())
+        return RoutedPass(features, chosen, vectors)
 
-    def _reusable(self, text: str, adapter: str) -> Any | None:
-        """The routing pass's hidden state for `text`, if `adapter`'s pass may start there."""
-        hidden = self._hidden
-        if hidden is None or adapter == BASE or not self.shortcuts.enabled(HIDDEN_STATE_REUSE):
-            return None
-        if not hidden.can_start_from(adapter):
-            return None
-        return hidden.get(text)
+    def routing_features(self, texts: Sequence[str]) -> np.ndarray:
+        """`(n, dim)` unit-norm pooled states entering `routing_layer`, as routed passes
+        compute them (at the query precision)."""
+        return self.encode_routed(texts, lambda f: [[] for _ in range(len(f))]).features
 
-    @property
-    def _keeps_states(self) -> bool:
-        return (
-            self._hidden is not None
-            and self._hidden.wanted
-            and self.shortcuts.enabled(HIDDEN_STATE_REUSE)
+    def _tokenize(self, texts: Sequence[str]) -> Any:
+        return self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_seq_length, padding=False
         )
-
-    def _autocast(self, precision: str | None = None) -> Any:
-        torch = self._torch
-        return torch.autocast(
-            device_type="cuda" if self.device.startswith("cuda") else "cpu",
-            dtype=torch.bfloat16,
-            enabled=(precision or self.precision) == "bf16",
-        )
-
-    def check_document_precision(self, texts: Sequence[str] = PROBE_DOCUMENTS) -> float:
-        """Start-up self-check of the document precision: the lowest cosine between probe
-        documents embedded at it and in fp32. Below `DOCUMENT_MIN_COSINE`, documents stay
-        fp32 (the exact path). Returns the cosine (1.0 when already fp32)."""
-        if self.document_precision == "fp32":
-            return 1.0
-        fast = self.encode(texts, documents=True)
-        wanted, self.document_precision = self.document_precision, "fp32"
-        exact = self.encode(texts, documents=True)
-        cosine = float(np.min(np.sum(fast * exact, axis=1)))
-        if cosine >= DOCUMENT_MIN_COSINE and np.isfinite(fast).all():
-            self.document_precision = wanted
-        else:
-            log.warning("documents stay fp32: %s agrees with it to cosine %.6f", wanted, cosine)
-        return cosine
-
-    def measure_precision(self, texts: Sequence[str] = PROBE_QUERIES, rounds: int = 3) -> dict:
-        """Time fp32 and bf16 autocast on a probe batch of queries; keep bf16 if it is faster
-        and agrees with fp32 (cosine >= QUERY_MIN_COSINE), else fp32. Returns the figures."""
-        timings: dict[str, float] = {}
-        outputs: dict[str, np.ndarray] = {}
-        for precision in ("fp32", "bf16"):
-            self.precision = precision
-            self.encode(texts)  # warm: first calls at a precision are slow
-            best = float("inf")
-            for _ in range(rounds):
-                started = time.perf_counter()
-                outputs[precision] = self.encode(texts)
-                best = min(best, time.perf_counter() - started)
-            timings[precision] = best * 1000
-        cosine = float(np.min(np.sum(outputs["fp32"] * outputs["bf16"], axis=1)))
-        faster = timings["bf16"] < timings["fp32"]
-        agrees = cosine >= QUERY_MIN_COSINE and bool(np.isfinite(outputs["bf16"]).all())
-        self.precision = "bf16" if faster and agrees else "fp32"
-        figures = {
-            "chosen": self.precision,
-            "fp32_ms": round(timings["fp32"], 2),
-            "bf16_ms": round(timings["bf16"], 2),
-            "cosine": round(cosine, 6),
-            "batch": len(texts),
-        }
-        log.info("query precision by measurement: %s", figures)
-        return figures
-
-    def use_precision(self, setting: str) -> str:
-        """Queries at the precision the server picks for `setting` here (measured where it
-        says `auto` on bf16 hardware), so `rr eval` measures what ships."""
-        self.precision = pick_precision(setting, self.device)
-        if self.precision == MEASURE:
-            self.measure_precision()
-        return self.precision
-
-    def use_document_precision(self, setting: str) -> str:
-        """Documents at the precision the server picks for `setting` on this machine, behind
-        the same start-up check: `rr eval` and `rr tune-fusion` embed documents as the
-        service does, so the eval measures what ships. Returns the precision in use."""
-        self.document_precision = pick_document_precision(setting, self.device)
-        self.check_document_precision()
-        return self.document_precision
-
-    def _forward(
-        self,
-        texts: Sequence[str],
-        tokens: Any,
-        rows: np.ndarray,
-        all_adapters: Sequence[str],
-        routing: Sequence[bool],
-        precision: str | None = None,
-    ) -> np.ndarray:
-        torch = self._torch
-        adapters = [all_adapters[i] for i in rows]
-        remember = [j for j, i in enumerate(rows) if routing[i] and adapters[j] == BASE]
-        batch = self._pad(tokens, rows)
-        keep = bool(remember) and self._keeps_states
-        with torch.inference_mode(), self._autocast(precision):
-            if all(a == BASE for a in adapters):
-                # Exactly the base model, without the per-call cost of peft's mixed-batch hooks
-                # (~3 ms at batch 1) or the anchor's LoRA: the plain model (same weights), else
-                # the anchor-only PeftModel (the no-op anchor, B = 0).
-                plain = self.shortcuts.enabled(PLAIN_BASE_PASS)
-                model = self._plain_model(precision) if plain else self.model
-                output = model(**batch, output_hidden_states=keep)
-            else:
-                output = self.model(**batch, adapter_names=adapters, output_hidden_states=keep)
-            if keep and self._hidden is not None:  # routing rows: keep the reuse layer's input
-                states = output.hidden_states[self.reuse_layer]
-                lengths = batch["attention_mask"].sum(dim=1).tolist()
-                for j in remember:
-                    self._hidden.put(texts[rows[j]], states[j, : lengths[j]].clone())
-            return mean_pool(output.last_hidden_state, batch["attention_mask"]).cpu().numpy()
-
-    def _plain_model(self, precision: str | None) -> Any:
-        """The plain base model for a pass at `precision`. Under bf16 autocast, a copy whose
-        Linear weights and biases are bf16 already: autocast would round the fp32 ones to
-        bf16 on every call (weights that need no grad are not cached), the same values."""
-        if (precision or self.precision) != "bf16":
-            return self._plain
-        if self._plain_bf16 is None:
-            self._plain_bf16 = bf16_linear_copy(self._plain, self._torch)
-        return self._plain_bf16
 
     def _pad(self, tokens: Any, rows: np.ndarray) -> Any:
         return self.tokenizer.pad(
@@ -474,136 +227,179 @@ class LoraEncoder:
             return_tensors="pt",
         ).to(self.device)
 
-    def _forward_from_hidden(
-        self, states: list[Any], adapters: list[str], merged: bool | None = None
-    ) -> np.ndarray:
-        """Run only the layers from `reuse_layer` up, from the base pass's hidden states: on
-        the experts' merged weights where they have them, else through peft's hooks."""
+    def _autocast(self, at: str | None = None) -> Any:
         torch = self._torch
-        longest = max(len(h) for h in states)
-        hidden = states[0].new_zeros((len(states), longest, states[0].shape[-1]))
-        mask = torch.zeros((len(states), longest), dtype=torch.long, device=hidden.device)
-        for j, state in enumerate(states):
-            hidden[j, : len(state)] = state
-            mask[j, : len(state)] = 1
-        bert: Any = self.model.get_base_model()  # a BertModel (peft types it loosely)
-        if merged is None:
-            merged = self.shortcuts.enabled(MERGED_EXPERT_LAYERS)
-        tables = self._merged
-        if merged and tables is not None and all(tables.has(a) for a in adapters):
-            try:
-                with torch.inference_mode(), self._autocast():
-                    top = tables.run(
-                        hidden,
-                        mask,
-                        adapters,
-                        lambda m, h: hf_private.encoder_attention_mask(bert, m, h),
+        return torch.autocast(
+            device_type="cuda" if self.device.startswith("cuda") else "cpu",
+            dtype=torch.bfloat16,
+            enabled=(at or self.precision) == "bf16",
+        )
+
+    def _plain_model(self, at: str | None = None) -> Any:
+        """The plain base model for a pass at `at`. Under bf16 autocast, a copy whose Linear
+        weights and biases are bf16 already: autocast would round the fp32 ones to bf16 on
+        every call (weights that need no grad are not cached), the same values."""
+        if (at or self.precision) != "bf16":
+            return self._plain
+        if self._plain_bf16 is None:
+            self._plain_bf16 = precision.bf16_linear_copy(self._plain, keep=[self._bank])
+        return self._plain_bf16
+
+    # -- full passes (every layer) -------------------------------------------------------
+
+    def _full_passes(
+        self, tokens: Any, rows: np.ndarray, adapters: list[str], at: str
+    ) -> np.ndarray:
+        """Full passes for `rows` of `tokens`, row j through `adapters[j]`, bucketed by
+        length: banked experts and base rows on the plain model with per-row deltas, the
+        others (and all of them when a shortcut is off) through peft."""
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        lengths = [len(tokens["input_ids"][i]) for i in rows]
+        for bucket in length_buckets(lengths, self.batch_size):
+            named = [adapters[j] for j in bucket]
+            plain = [
+                k
+                for k, a in enumerate(named)
+                if (a == BASE and self.shortcuts.enabled(PLAIN_BASE_PASS))
+                or (a in self._bank and self._one_pass_on)
+            ]
+            peft = [k for k in range(len(bucket)) if k not in set(plain)]
+            if plain:
+                picked = bucket[plain]
+                try:
+                    out[picked] = self._plain_pass(
+                        tokens, rows[picked], [named[k] for k in plain], at
                     )
-                    return mean_pool(top, mask).cpu().numpy()
-            except Exception as exc:  # the peft hooks path below serves instead
-                self.shortcuts.failed(MERGED_EXPERT_LAYERS, exc)
-        with (
-            torch.inference_mode(),
-            self._autocast(),
-            hf_private.adapter_rows(self.model, adapters),
-        ):
-            extended = hf_private.encoder_attention_mask(bert, mask, hidden)
-            for layer in bert.encoder.layer[self.reuse_layer :]:
+                    self.stats.one_pass_rows += sum(named[k] != BASE for k in plain)
+                except Exception as exc:  # the shortcut never fails a request: peft serves
+                    if self.strict:
+                        raise
+                    self.shortcuts.failed(ONE_PASS, exc)
+                    peft = list(range(len(bucket)))
+            if peft:
+                picked = bucket[peft]
+                out[picked] = self._peft_pass(tokens, rows[picked], [named[k] for k in peft], at)
+                self.stats.exact_rows += sum(named[k] != BASE for k in peft)
+        return out
+
+    def _plain_pass(
+        self, tokens: Any, rows: np.ndarray, adapters: list[str], at: str
+    ) -> np.ndarray:
+        torch = self._torch
+        batch = self._pad(tokens, rows)
+        with torch.inference_mode(), self._autocast(at), self._bank.rows(adapters):
+            output = self._plain_model(at)(**batch)
+            return mean_pool(output.last_hidden_state, batch["attention_mask"]).cpu().numpy()
+
+    def _peft_pass(self, tokens: Any, rows: np.ndarray, adapters: list[str], at: str) -> np.ndarray:
+        """The exact path: peft's own mixed-adapter pass (the anchor-only model for base)."""
+        torch = self._torch
+        batch = self._pad(tokens, rows)
+        with torch.inference_mode(), self._autocast(at):
+            if all(a == BASE for a in adapters):
+                output = self.model(**batch)
+            else:
+                output = self.model(**batch, adapter_names=adapters)
+            return mean_pool(output.last_hidden_state, batch["attention_mask"]).cpu().numpy()
+
+    # -- the one-pass halves ------------------------------------------------------------
+
+    def _lower_passes(
+        self, tokens: Any, buckets: list[np.ndarray], features: np.ndarray
+    ) -> list[tuple[np.ndarray, Any, Any]] | None:
+        """Layers below `routing_layer` per bucket; fills `features`. Returns each bucket's
+        (rows, states entering the routing layer, padding mask), or None where the exact
+        path computed the features (a full base pass: no state to continue from)."""
+        if self._one_pass_on:
+            try:
+                return [self._lower(tokens, rows, features) for rows in buckets]
+            except Exception as exc:  # the exact path below serves
+                if self.strict:
+                    raise
+                self.shortcuts.failed(ONE_PASS, exc)
+        torch = self._torch
+        for rows in buckets:
+            batch = self._pad(tokens, rows)
+            model = self._plain_model() if self.shortcuts.enabled(PLAIN_BASE_PASS) else self.model
+            with torch.inference_mode(), self._autocast():
+                output = model(**batch, output_hidden_states=True)
+                states = output.hidden_states[self.routing_layer]
+                features[rows] = mean_pool(states, batch["attention_mask"]).cpu().numpy()
+        return None
+
+    def _lower(self, tokens: Any, rows: np.ndarray, features: np.ndarray) -> tuple:
+        torch = self._torch
+        batch = self._pad(tokens, rows)
+        model = self._plain_model()
+        mask = batch["attention_mask"]
+        with torch.inference_mode(), self._autocast():
+            hidden = model.embeddings(input_ids=batch["input_ids"])
+            extended = hf_private.encoder_attention_mask(model, mask, hidden)
+            for layer in model.encoder.layer[: self.routing_layer]:
+                hidden = hf_private.run_layer(layer, hidden, extended)
+            features[rows] = mean_pool(hidden, mask).cpu().numpy()
+        return rows, hidden, mask
+
+    def _upper_passes(
+        self,
+        lower: list[tuple[np.ndarray, Any, Any]],
+        chosen: list[list[str]],
+        vectors: list[np.ndarray],
+    ) -> list[tuple[int, int, str]]:
+        """Continue each bucket's rows through the layers from `routing_layer` up, one row
+        per (text, banked adapter or base); fills `vectors`. Returns the (text, slot,
+        adapter) pairs left for full passes: unbanked experts, or all if this raised."""
+        torch = self._torch
+        every = [(i, j, a) for i, row in enumerate(chosen) for j, a in enumerate(row)]
+        rest = [(i, j, a) for i, j, a in every if a != BASE and a not in self._bank]
+        try:
+            for rows, hidden, mask in lower:
+                pairs = [
+                    (position, int(i), j, a)
+                    for position, i in enumerate(rows)
+                    for j, a in enumerate(chosen[i])
+                    if a == BASE or a in self._bank
+                ]
+                if not pairs:
+                    continue
+                index = torch.tensor([p for p, _, _, _ in pairs], device=hidden.device)
+                adapters = [a for _, _, _, a in pairs]
+                out = self._upper(
+                    hidden.index_select(0, index), mask.index_select(0, index), adapters
+                )
+                for (_, i, j, _), row in zip(pairs, out, strict=True):
+                    vectors[i][j] = row
+                self.stats.one_pass_rows += sum(a != BASE for a in adapters)
+        except Exception as exc:  # the shortcut never fails a request: full passes serve
+            if self.strict:
+                raise
+            self.shortcuts.failed(ONE_PASS, exc)
+            return every
+        return rest
+
+    def _upper(self, hidden: Any, mask: Any, adapters: list[str]) -> np.ndarray:
+        torch = self._torch
+        model = self._plain_model()
+        with torch.inference_mode(), self._autocast(), self._bank.rows(adapters):
+            extended = hf_private.encoder_attention_mask(model, mask, hidden)
+            for layer in model.encoder.layer[self.routing_layer :]:
                 hidden = hf_private.run_layer(layer, hidden, extended)
             return mean_pool(hidden, mask).cpu().numpy()
 
-    # -- start-up self-check ---------------------------------------------------------------
+    # -- precision -------------------------------------------------------------------------
 
-    def check_reuse(self, texts: Sequence[str] = PROBE_TEXTS) -> float | None:
-        """Compare hidden-state reuse with a full pass of a random top-layer adapter on
-        `texts`, through peft's hooks and on merged weights; switch reuse off for the
-        process if the hooks path differs or the check raises, and only the merged layers
-        off if they alone differ.
+    def use_precision(self, setting: str) -> str:
+        """Queries at the precision the server picks for `setting` here (measured where it
+        says `auto` on bf16 hardware), so `rr eval` measures what ships."""
+        self.precision = pick_precision(setting, self.device)
+        if self.precision == MEASURE:
+            precision.measure_precision(self)
+        return self.precision
 
-        Returns the largest max abs difference of the paths that stay on, or None when
-        reuse is not configured or is off.
-        """
-        if self._hidden is None or not self.shortcuts.enabled(HIDDEN_STATE_REUSE):
-            return None
-        tolerance = REUSE_TOLERANCE.get(self.precision, REUSE_TOLERANCE["fp32"])
-        try:
-            with self._lock:
-                hooks, merged = self._reuse_differences(list(texts))
-        except Exception as exc:
-            reason = f"self-check raised {type(exc).__name__}: {exc}"
-            self.shortcuts.switch_off(HIDDEN_STATE_REUSE, reason)
-            return None
-        if not hooks <= tolerance:  # NaN fails too
-            reason = f"self-check max abs diff {hooks:.3g} > {tolerance:g}"
-            self.shortcuts.switch_off(HIDDEN_STATE_REUSE, reason)
-            return hooks
-        if merged is None:
-            return hooks
-        if not merged <= tolerance:
-            reason = f"self-check max abs diff {merged:.3g} > {tolerance:g}"
-            self.shortcuts.switch_off(MERGED_EXPERT_LAYERS, reason)
-            return hooks
-        return max(hooks, merged)
-
-    def _reuse_differences(self, texts: list[str]) -> tuple[float, float | None]:
-        """Max abs difference to a full pass of the reused pass through peft's hooks and, if
-        the merged layers are on, on merged weights."""
-        torch = self._torch
-        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
-        rows = np.arange(len(texts))
-        batch = self._pad(tokens, rows)
-        with torch.inference_mode(), self._autocast():
-            output = self.model(**batch, output_hidden_states=True)
-        lengths = batch["attention_mask"].sum(dim=1).tolist()
-        states = [
-            output.hidden_states[self.reuse_layer][j, : lengths[j]].clone()
-            for j in range(len(texts))
-        ]
-        self._add_probe_adapter()
-        try:
-            probe = [_PROBE] * len(texts)
-            full = self._forward(texts, tokens, rows, probe, [False] * len(texts))
-            hooks = self._forward_from_hidden(states, probe, merged=False)
-            merged = None
-            self._merge(_PROBE, list(range(self.reuse_layer or 0, self._layer_count)))
-            if self._merged is not None and self._merged.has(_PROBE):
-                merged = float(np.abs(full - self._forward_from_hidden(states, probe)).max())
-        finally:
-            self._delete_adapter(_PROBE)
-        return float(np.abs(full - hooks).max()), merged
-
-    def check_plain_base(self, texts: Sequence[str] = PROBE_TEXTS) -> float:
-        """Start-up self-check of the plain base pass: it must equal the anchor-only
-        PeftModel's (the anchor adds exactly zero); if not, base passes go through peft."""
-        torch = self._torch
-        tokens = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
-        batch = self._pad(tokens, np.arange(len(texts)))
-        try:
-            with self._lock, torch.inference_mode(), self._autocast():
-                plain = self._plain_model(self.precision)(**batch).last_hidden_state
-                exact = self.model(**batch).last_hidden_state
-            difference = float((plain - exact).abs().max())
-        except Exception as exc:
-            self.shortcuts.switch_off(PLAIN_BASE_PASS, f"self-check raised {exc!r}")
-            return float("nan")
-        if not difference <= 1e-6:
-            reason = f"self-check max abs diff {difference:.3g} > 1e-06"
-            self.shortcuts.switch_off(PLAIN_BASE_PASS, reason)
-        return difference
-
-    def _add_probe_adapter(self) -> None:
-        from peft import LoraConfig
-
-        bert: Any = self.model.get_base_model()
-        first = self.reuse_layer or 0
-        config = LoraConfig(
-            r=4,
-            lora_alpha=8,
-            target_modules=["query", "key", "value", "dense"],
-            layers_to_transform=list(range(first, len(bert.encoder.layer))),
-            init_lora_weights=False,  # random A and B: the probe really changes the output
-        )
-        with self._torch.random.fork_rng(devices=[]):
-            self._torch.manual_seed(0)
-            self.model.add_adapter(_PROBE, config)
-        self.model.eval()
+    def use_document_precision(self, setting: str) -> str:
+        """Documents at the precision the server picks for `setting` on this machine, behind
+        the same start-up check: `rr eval` and `rr tune-fusion` embed documents as the
+        service does, so the eval measures what ships. Returns the precision in use."""
+        self.document_precision = pick_document_precision(setting, self.device)
+        precision.check_document_precision(self)
+        return self.document_precision

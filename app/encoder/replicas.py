@@ -3,9 +3,8 @@
 One PeftModel cannot run two mixed-adapter passes at once (peft injects each pass's
 `adapter_names` through hooks on the shared modules), and on a CPU one forward pass with
 one thread per core scales worse than one pass per core. So each worker thread owns a
-replica (~90 MB each for MiniLM) with its own adapter pool, and all replicas share the
-hidden states of routing passes: a query's expert pass may run on another worker than its
-routing pass.
+replica (~90 MB each for MiniLM) with its own adapter pool. A routed query's whole pass
+(routing features, then its expert) runs on one worker.
 """
 
 from __future__ import annotations
@@ -17,10 +16,11 @@ from dataclasses import fields
 
 import numpy as np
 
+from app.encoder import precision, self_checks
+from app.encoder.base import AdapterLocator, Chooser, PoolStats, RoutedPass
 from app.encoder.base_model import EMBEDDING_DIM, MEASURE, load_tokenizer
-from app.encoder.hidden_states import HiddenStateCache
-from app.encoder.lora_encoder import AdapterLocator, LoraEncoder, PoolStats
-from app.shortcuts import HIDDEN_STATE_REUSE, Shortcuts
+from app.encoder.lora_encoder import LoraEncoder
+from app.shortcuts import ONE_PASS, Shortcuts
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +32,22 @@ class EncoderReplicas:
         self,
         locate_adapter: AdapterLocator,
         count: int = 1,
-        reuse_layer: int | None = None,
         shortcuts: Shortcuts | None = None,
         **encoder_options,  # noqa: ANN003 - LoraEncoder's keyword options
     ) -> None:
         if count < 1:
             raise ValueError("at least one replica")
-        hidden = None if reuse_layer is None else HiddenStateCache(reuse_layer)
         self.shortcuts = shortcuts if shortcuts is not None else Shortcuts()
         self.replicas = [
-            LoraEncoder(
-                locate_adapter, hidden_states=hidden, shortcuts=self.shortcuts, **encoder_options
-            )
+            LoraEncoder(locate_adapter, shortcuts=self.shortcuts, **encoder_options)
             for _ in range(count)
         ]
-        self.reuse_check: list[float | None] = []  # max abs diff per replica at start-up
+        self.one_pass_check: list[float | None] = []  # max abs diff per replica at start-up
         self.document_check = 1.0  # probe documents' lowest cosine to fp32 at start-up
         self.precision_check: dict = {}  # the query-precision measurement, where one ran
         self.max_seq_length = self.replicas[0].max_seq_length
         self.module_shapes = self.replicas[0].module_shapes
+        self.routing_layer = self.replicas[0].routing_layer
         # Fast tokenizers must not be used from two threads at once: the request path's
         # token counting gets its own, behind a lock.
         self.tokenizer = load_tokenizer()
@@ -58,17 +55,17 @@ class EncoderReplicas:
 
     def warm_up(self) -> None:
         """The first forward pass of a model is slow: not a user's request. Then each replica
-        checks hidden-state reuse against a full pass (off for all of them if one fails)."""
+        checks the one-pass path against a full pass (off for all of them if one fails)."""
         first = self.replicas[0]
         if first.precision == MEASURE:  # `auto` on bf16 hardware: one measurement for all
-            self.precision_check = first.measure_precision()
+            self.precision_check = precision.measure_precision(first)
             for encoder in self.replicas:
                 encoder.precision = first.precision
         for encoder in self.replicas:
             encoder.encode(["warm up"])
-            encoder.check_plain_base()
+            self_checks.check_plain_base(encoder)
         # One document precision for all replicas: the lowest agreement decides.
-        cosine = min(encoder.check_document_precision() for encoder in self.replicas)
+        cosine = min(precision.check_document_precision(encoder) for encoder in self.replicas)
         if any(encoder.document_precision == "fp32" for encoder in self.replicas):
             for encoder in self.replicas:
                 encoder.document_precision = "fp32"
@@ -76,10 +73,10 @@ class EncoderReplicas:
         log.info(
             "documents embedded at %s (probe cosine to fp32 %.6f)", self.document_precision, cosine
         )
-        self.reuse_check = [encoder.check_reuse() for encoder in self.replicas]
-        checked = [d for d in self.reuse_check if d is not None]
-        if checked and self.shortcuts.enabled(HIDDEN_STATE_REUSE):
-            log.info("hidden-state reuse self-check passed: max abs diff %.2e", max(checked))
+        self.one_pass_check = [self_checks.check_one_pass(e) for e in self.replicas]
+        checked = [d for d in self.one_pass_check if d is not None]
+        if checked and self.shortcuts.enabled(ONE_PASS):
+            log.info("one-pass self-check passed: max abs diff %.2e", max(checked))
 
     def __len__(self) -> int:
         return len(self.replicas)
@@ -88,11 +85,20 @@ class EncoderReplicas:
         self,
         texts: Sequence[str],
         adapters: Sequence[str] | None = None,
-        routing: Sequence[bool] | None = None,
         replica: int = 0,
         documents: bool = False,
     ) -> np.ndarray:
-        return self.replicas[replica].encode(texts, adapters, routing, documents)
+        return self.replicas[replica].encode(texts, adapters, documents)
+
+    def encode_routed(self, texts: Sequence[str], choose: Chooser, replica: int = 0) -> RoutedPass:
+        return self.replicas[replica].encode_routed(texts, choose)
+
+    def routing_features(self, texts: Sequence[str], replica: int = 0) -> np.ndarray:
+        return self.replicas[replica].routing_features(texts)
+
+    def one_pass(self, name: str) -> bool | None:
+        answers = (encoder.one_pass(name) for encoder in self.replicas)
+        return next((a for a in answers if a is not None), None)
 
     @property
     def document_precision(self) -> str:

@@ -103,6 +103,17 @@ class ExpertRegistry:
     def routed_lease(self, route: Callable[[Router], tuple[T, Iterable[str]]]) -> Iterator[T]:
         """Route against the current router and lease the experts it chose, atomically:
         a concurrent delete can neither slip in between nor pull an expert from under us."""
+        decided, leased = self.route_and_lease(route)
+        try:
+            yield decided
+        finally:
+            self.release(leased)
+
+    def route_and_lease(
+        self, route: Callable[[Router], tuple[T, Iterable[str]]]
+    ) -> tuple[T, list[str]]:
+        """`routed_lease` for callers whose lease outlives a block (a routed pass decides
+        on a model worker's thread): returns (decision, leased names); `release` them."""
         with self._lock:
             decided, names = route(self.router)
             wanted = [n for n in set(names) if n != BASE_EXPERT]
@@ -110,12 +121,12 @@ class ExpertRegistry:
                 if name not in self._experts:
                     raise NotFound(f"expert {name!r} not found")
             self._leases.update(wanted)
-        try:
-            yield decided
-        finally:
-            with self._lock:
-                self._leases.subtract(wanted)
-                self._lock.notify_all()
+        return decided, wanted
+
+    def release(self, names: Iterable[str]) -> None:
+        with self._lock:
+            self._leases.subtract(names)
+            self._lock.notify_all()
 
     def lease(self, names: Iterable[str]) -> AbstractContextManager[None]:
         """Hold experts for the span of a request; NotFound if one is gone already."""

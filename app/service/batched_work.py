@@ -1,4 +1,5 @@
-"""What the batchers run: one mixed-adapter forward pass, and one FAISS call per index."""
+"""What the batchers run: one mixed-adapter forward pass (routed jobs in one pass with their
+routing), and one FAISS call per index."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from app.encoder.base import QueryEncoder
+from app.encoder.base import Chooser, QueryEncoder, RoutedPass
 from app.errors import EncoderFailed, ServiceError
 from app.index import Hit, IndexStore
 
@@ -20,8 +22,16 @@ log = logging.getLogger(__name__)
 class EncodeJob:
     texts: list[str]
     adapters: list[str]  # one per text; BASE for the plain model
-    routing: bool = False  # queries' routing pass: keep hidden states for the expert pass
     documents: bool = False  # documents for an index: base model, the document precision
+
+
+@dataclass(frozen=True)
+class RoutedEncodeJob:
+    """Queries routed inside the pass: `choose` sees their routing features (it runs on the
+    model worker's thread) and picks the adapters each continues with."""
+
+    texts: list[str]
+    choose: Chooser
 
 
 @dataclass(frozen=True)
@@ -41,13 +51,22 @@ class SearchJob:
 
 
 def encode_batch(encoder: QueryEncoder, replica: int = 0):
-    def run(jobs: Sequence[EncodeJob]) -> list[np.ndarray]:
-        # Documents and queries may run at different precisions: one pass for each kind.
-        out: list[np.ndarray] = [np.zeros(0)] * len(jobs)
+    def run(jobs: Sequence[EncodeJob | RoutedEncodeJob]) -> list[Any]:
+        # Documents and queries may run at different precisions: one pass for each kind;
+        # routed jobs share one routed pass.
+        out: list[Any] = [None] * len(jobs)
+        routed = [i for i, job in enumerate(jobs) if isinstance(job, RoutedEncodeJob)]
+        if routed:
+            for i, result in zip(routed, _routed([jobs[i] for i in routed]), strict=True):  # type: ignore[misc]
+                out[i] = result
         for documents in (False, True):
-            members = [i for i, job in enumerate(jobs) if job.documents == documents]
+            members = [
+                i
+                for i, job in enumerate(jobs)
+                if isinstance(job, EncodeJob) and job.documents == documents
+            ]
             if members:
-                vectors = _encode([jobs[i] for i in members], documents)
+                vectors = _encode([jobs[i] for i in members], documents)  # type: ignore[misc]
                 for i, rows in zip(members, vectors, strict=True):
                     out[i] = rows
         return out
@@ -55,18 +74,46 @@ def encode_batch(encoder: QueryEncoder, replica: int = 0):
     def _encode(jobs: Sequence[EncodeJob], documents: bool) -> list[np.ndarray]:
         texts = [t for job in jobs for t in job.texts]
         adapters = [a for job in jobs for a in job.adapters]
-        routing = [job.routing for job in jobs for _ in job.texts]
-        try:
-            vectors = encoder.encode(texts, adapters, routing, replica, documents)
-        except ServiceError:
-            raise
-        except Exception as exc:  # shortcuts already fell back inside: the exact path failed
-            log.exception("encoder failed on a batch of %d rows", len(texts))
-            raise EncoderFailed(f"the encoder failed ({type(exc).__name__}); retry") from exc
+        vectors = _guarded(len(texts), lambda: encoder.encode(texts, adapters, replica, documents))
         bounds = np.cumsum([0] + [len(job.texts) for job in jobs])
         return [vectors[bounds[i] : bounds[i + 1]] for i in range(len(jobs))]
 
+    def _routed(jobs: Sequence[RoutedEncodeJob]) -> list[RoutedPass]:
+        texts = [t for job in jobs for t in job.texts]
+        bounds = np.cumsum([0] + [len(job.texts) for job in jobs])
+
+        def choose(features: np.ndarray) -> list[list[str]]:
+            # Each job routes its own rows (its own options and lease); their picks are
+            # concatenated for the one pass.
+            picks: list[list[str]] = []
+            for i, job in enumerate(jobs):
+                rows = [list(r) for r in job.choose(features[bounds[i] : bounds[i + 1]])]
+                if len(rows) != len(job.texts):
+                    raise ValueError("a chooser must pick adapters for each of its texts")
+                picks.extend(rows)
+            return picks
+
+        done = _guarded(len(texts), lambda: encoder.encode_routed(texts, choose, replica))
+        return [
+            RoutedPass(
+                done.features[bounds[i] : bounds[i + 1]],
+                done.adapters[bounds[i] : bounds[i + 1]],
+                done.vectors[bounds[i] : bounds[i + 1]],
+            )
+            for i in range(len(jobs))
+        ]
+
     return run
+
+
+def _guarded(rows: int, call: Any) -> Any:
+    try:
+        return call()
+    except ServiceError:
+        raise
+    except Exception as exc:  # shortcuts already fell back inside: the exact path failed
+        log.exception("encoder failed on a batch of %d rows", rows)
+        raise EncoderFailed(f"the encoder failed ({type(exc).__name__}); retry") from exc
 
 
 def search_batch(indexes: IndexStore):

@@ -17,8 +17,9 @@ class ExpertInfo:
     spec: ExpertSpec
     documents: int  # in its index now
     resident: bool  # its adapter is loaded on some model worker
-    resident_bytes: int = 0  # what its adapter (and merged layers) hold in memory
+    resident_bytes: int = 0  # what its adapter holds in memory (peft + one-pass tables)
     indexing: Progress | None = None  # first-start indexing still filling its index
+    one_pass: bool | None = None  # served in one pass with routing; None: not resident
 
 
 class CatalogService:
@@ -43,6 +44,7 @@ class CatalogService:
             self.encoder.is_resident(name),
             self.encoder.resident_bytes(name),
             self.progress.filling(name),
+            self.encoder.one_pass(name),
         )
 
     def list(self) -> list[ExpertInfo]:

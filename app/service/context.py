@@ -38,6 +38,7 @@ def _start_encoder(
             count=workers,
             capacity=settings.max_resident_experts,
             max_seq_length=settings.max_seq_length,
+            routing_layer=settings.routing_layer,
         )
         return fake, workers, None
     from app.encoder.base_model import (
@@ -54,7 +55,7 @@ def _start_encoder(
     encoder = EncoderReplicas(
         registry.adapter_dir,
         count=workers,
-        reuse_layer=settings.reuse_layer,
+        routing_layer=settings.routing_layer,
         capacity=settings.max_resident_experts,
         device=device,
         max_seq_length=settings.max_seq_length,

@@ -1,15 +1,18 @@
-"""Search, route and embed: route -> expert-encode -> search -> fuse.
+"""Search, route and embed: route and expert-encode in one pass -> search -> fuse.
 
-One call handles a whole batch of queries: one base-encoder pass for routing, one
-mixed-expert pass (each row with its own adapter), then one FAISS search per index.
+One call handles a whole batch of queries: one routed pass (the layers below the routing
+layer once, the router on their pooled states, then each row with its own expert's
+adapter), then one FAISS search per index.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -26,12 +29,12 @@ from app.core.planning import (
 from app.core.router import Router, RoutingDecision
 from app.core.text import blank, not_utf8
 from app.encoder import BASE
-from app.encoder.base import QueryEncoder
+from app.encoder.base import QueryEncoder, RoutedPass
 from app.errors import InvalidInput, NotFound
 from app.experts.registry import ExpertRegistry
 from app.index import Hit, IndexStore
 from app.replication.shared_cache import SharedEmbeddingCache
-from app.service.batched_work import EncodeJob, SearchJob
+from app.service.batched_work import EncodeJob, RoutedEncodeJob, SearchJob
 from app.service.batcher import MicroBatcher
 from app.service.embedding_cache import EmbeddingCache
 from app.service.indexing_progress import IndexingProgress, Progress
@@ -56,6 +59,37 @@ class Embedding:
 
 def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 3)
+
+
+Planner = Callable[[Router, np.ndarray], tuple[list[RoutingDecision], list[Plan]]]
+
+
+class _Lease:
+    """The experts one request routed to, leased until it is done. Routing may happen on a
+    model worker's thread after the request was cancelled: a lease taken then is let go at
+    once, so a delete never waits for a request that is gone."""
+
+    def __init__(self, registry: ExpertRegistry) -> None:
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._names: list[str] = []
+        self._closed = False
+        self.routed_at: float | None = None
+
+    def route(self, planner: Callable[[Router], tuple[Any, set[str]]]) -> Any:
+        decided, names = self._registry.route_and_lease(planner)
+        with self._lock:
+            self.routed_at = time.perf_counter()
+            if not self._closed:
+                self._names.extend(names)
+                return decided
+        self._registry.release(names)
+        return decided
+
+    def release(self) -> None:
+        with self._lock:
+            self._closed, names, self._names = True, self._names, []
+        self._registry.release(names)
 
 
 class RetrievalService:
@@ -83,6 +117,8 @@ class RetrievalService:
         self.shared_cache = shared_cache
         self.progress = progress if progress is not None else IndexingProgress()
         self.shortcuts = encoder.shortcuts
+        # Cache key of routing features: they depend on the layer they are read at.
+        self._features_version = f"__route__@L{encoder.routing_layer}"
 
     # -- validation ----------------------------------------------------------------------
 
@@ -163,13 +199,8 @@ class RetrievalService:
             self.shortcuts.failed(SHARED_EMBEDDING_CACHE, exc, switch_off=False)
             return [None] * len(texts)
 
-    async def _encode(
-        self, texts: Sequence[str], experts: Sequence[str], routing: bool = False
-    ) -> np.ndarray:
-        """Cached vectors where we have them; the rest in one batched forward pass.
-
-        `routing`: the base pass that routes these queries (an expert pass may follow).
-        """
+    async def _encode(self, texts: Sequence[str], experts: Sequence[str]) -> np.ndarray:
+        """Cached vectors where we have them; the rest in one batched forward pass."""
         versions = [self._version(e) for e in experts]
         out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
         missing = []
@@ -192,25 +223,97 @@ class RetrievalService:
             job = EncodeJob(
                 [texts[i] for i in missing],
                 [BASE if self._is_base(experts[i]) else experts[i] for i in missing],
-                routing,
             )
             encoded = await self.encoder_batcher.submit(job, size=len(missing))
             for row, i in zip(encoded, missing, strict=True):
                 out[i] = row
                 self._remember(texts[i], versions[i], row.copy())  # not a view of the batch
-            if self.shared_cache is not None:
-                try:
-                    await self.shared_cache.put_many(
-                        [(texts[i], versions[i], out[i]) for i in missing]
-                    )
-                except Exception as exc:
-                    self.shortcuts.failed(SHARED_EMBEDDING_CACHE, exc, switch_off=False)
+            await self._share([(texts[i], versions[i], out[i]) for i in missing])
         return out
+
+    async def _share(self, rows: list[tuple[str, str, np.ndarray]]) -> None:
+        if self.shared_cache is None or not rows:
+            return
+        try:
+            await self.shared_cache.put_many(rows)
+        except Exception as exc:
+            self.shortcuts.failed(SHARED_EMBEDDING_CACHE, exc, switch_off=False)
+
+    async def _cached_features(self, texts: Sequence[str]) -> np.ndarray | None:
+        """Every text's routing features from the caches, or None if one is missing."""
+        out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
+        missing = []
+        for i, text in enumerate(texts):
+            cached = self._cached(text, self._features_version)
+            if cached is None:
+                missing.append(i)
+            else:
+                out[i] = cached
+        if missing and self.shared_cache is not None:
+            found = await self._shared_lookup(
+                [texts[i] for i in missing], [self._features_version] * len(missing)
+            )
+            for i, vector in zip(missing, found, strict=True):
+                if vector is not None:
+                    out[i] = vector
+                    self._remember(texts[i], self._features_version, vector)
+            missing = [i for i, vector in zip(missing, found, strict=True) if vector is None]
+        return None if missing else out
+
+    async def _routed(
+        self, texts: Sequence[str], planner: Planner, lease: _Lease, vectors_wanted: bool = True
+    ) -> tuple[list[RoutingDecision], list[Plan], dict[Key, np.ndarray]]:
+        """Route `texts` and embed each with its plan's encoders. Where the caches hold
+        their routing features, route here and embed through `_encode` (cached vectors);
+        else one routed pass: the router runs inside it, on the model worker's thread."""
+        features = await self._cached_features(texts)
+        if features is not None:
+            (decisions, plans) = lease.route(lambda router: _planned(planner(router, features)))
+            cached = await self._plan_vectors(texts, plans) if vectors_wanted else {}
+            return decisions, plans, cached
+        decided: dict[str, Any] = {}
+
+        def choose(found: np.ndarray) -> list[list[str]]:
+            decided["plan"] = lease.route(lambda router: _planned(planner(router, found)))
+            if not vectors_wanted:
+                return [[] for _ in range(len(found))]
+            return [[BASE if self._is_base(e) else e for e in plan] for plan in decided["plan"][1]]
+
+        done: RoutedPass = await self.encoder_batcher.submit(
+            RoutedEncodeJob(list(texts), choose), size=len(texts)
+        )
+        decisions, plans = decided["plan"]
+        vectors: dict[Key, np.ndarray] = {}
+        shared: list[tuple[str, str, np.ndarray]] = []
+        for qi, text in enumerate(texts):
+            row = done.features[qi].copy()  # not a view of the batch
+            self._remember(text, self._features_version, row)
+            shared.append((text, self._features_version, row))
+            for encoder, vector in zip(
+                plans[qi] if vectors_wanted else [], done.vectors[qi], strict=False
+            ):
+                vectors[(qi, encoder)] = vector
+                version = self._version(encoder)
+                self._remember(text, version, vector.copy())
+                shared.append((text, version, vector))
+        await self._share(shared)
+        return decisions, plans, vectors
+
+    async def routing_features(self, texts: Sequence[str]) -> np.ndarray:
+        """Routing features (the pooled states entering the routing layer), cached."""
+        features = await self._cached_features(texts)
+        if features is not None:
+            return features
+        done: RoutedPass = await self.encoder_batcher.submit(
+            RoutedEncodeJob(list(texts), lambda f: [[] for _ in range(len(f))]), size=len(texts)
+        )
+        for text, row in zip(texts, done.features, strict=True):
+            self._remember(text, self._features_version, row.copy())
+        return done.features
 
     async def route(self, queries: Sequence[str]) -> list[RoutingDecision]:
         self.check_queries(queries)
-        base = await self._encode(queries, [BASE_EXPERT] * len(queries))
-        return self.registry.router.route(base)
+        return self.registry.router.route(await self.routing_features(queries))
 
     async def embed(self, texts: Sequence[str], model: str) -> list[Embedding]:
         """Query-side embeddings: `auto` routes each text, else one expert (or base)."""
@@ -218,21 +321,19 @@ class RetrievalService:
         self.check_expert(model)
         if model != AUTO:
             with self.registry.lease([model]):
-                vectors = await self._encode(texts, [model] * len(texts))
-            return [Embedding(v, model) for v in vectors]
-        base = await self._encode(texts, [BASE_EXPERT] * len(texts), routing=True)
+                pinned = await self._encode(texts, [model] * len(texts))
+            return [Embedding(v, model) for v in pinned]
 
-        def choose(router: Router) -> tuple[list[str], list[str]]:
-            chosen = [d.expert for d in router.route(base)]
-            return chosen, chosen
+        def planner(router: Router, features: np.ndarray) -> tuple[list, list[Plan]]:
+            decisions = router.route(features)
+            return decisions, [[d.expert] for d in decisions]
 
-        with self.registry.routed_lease(choose) as chosen:
-            routed = [i for i, e in enumerate(chosen) if not self._is_base(e)]
-            if routed:
-                base[routed] = await self._encode(
-                    [texts[i] for i in routed], [chosen[i] for i in routed]
-                )
-        return [Embedding(v, e) for v, e in zip(base, chosen, strict=True)]
+        lease = _Lease(self.registry)
+        try:
+            _, plans, vectors = await self._routed(texts, planner, lease)
+        finally:
+            lease.release()
+        return [Embedding(vectors[(qi, p[0])], p[0]) for qi, p in enumerate(plans)]
 
     async def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text costs (usage reporting), counted off the event loop."""
@@ -248,33 +349,51 @@ class RetrievalService:
         self.check_expert(options.expert)
         self.check_index(options.index)
 
-        base: np.ndarray | None = None
-        if options.expert == AUTO:
-            base = await self._encode(queries, [BASE_EXPERT] * len(queries), routing=True)
+        lexical_only = options.mode == "lexical"  # routed for its targets only
+        lease = _Lease(self.registry)
+        loop = asyncio.get_running_loop()
+        # The lexical leg needs only the plans: it starts as soon as routing has decided
+        # (inside the routed pass, on the worker's thread) and runs during the expert layers.
+        lexical: list[asyncio.Task[dict[int, list[Hit]]]] = []
 
-        def plan(router: Router) -> tuple[tuple[list[RoutingDecision], list[list[str]]], set[str]]:
-            if base is not None:
-                decisions = router.route(base)
-            else:
-                decisions = [RoutingDecision(options.expert, {}, False)] * len(queries)
-            plans = [encoders_for(d, options) for d in decisions]
-            return (decisions, plans), {e for p in plans for e in p}
+        def start_lexical(plans: list[Plan]) -> None:
+            if not lexical:
+                lexical.append(loop.create_task(self._lexical_lists(queries, plans, options)))
 
-        with self.registry.routed_lease(plan) as (decisions, plans):
-            route_ms = _ms(started)
+        try:
             t_encode = time.perf_counter()
-            # The lexical leg needs only the routing decision: it runs during the expert pass.
-            lexical = asyncio.create_task(self._lexical_lists(queries, plans, options))
-            try:
-                lexical_only = options.mode == "lexical"  # routed for its targets only
-                vectors = {} if lexical_only else await self._plan_vectors(queries, plans, base)
-            except BaseException:
-                lexical.cancel()
-                raise
+            if options.expert == AUTO:
+
+                def planner(router: Router, features: np.ndarray) -> tuple[list, list[Plan]]:
+                    decisions = router.route(features)
+                    plans = [encoders_for(d, options) for d in decisions]
+                    loop.call_soon_threadsafe(start_lexical, plans)
+                    return decisions, plans
+
+                decisions, plans, vectors = await self._routed(
+                    queries, planner, lease, vectors_wanted=not lexical_only
+                )
+                routed_at = lease.routed_at or time.perf_counter()
+                route_ms = round((routed_at - started) * 1000, 3)
+            else:
+                decision = RoutingDecision(options.expert, {}, False)
+                decisions = [decision] * len(queries)
+                plans = [encoders_for(decision, options) for _ in queries]
+                lease.route(lambda _router: (None, {e for p in plans for e in p}))
+                route_ms = _ms(started)
+                start_lexical(plans)
+                vectors = {} if lexical_only else await self._plan_vectors(queries, plans)
             encode_ms = _ms(t_encode)
+            start_lexical(plans)
             t_search = time.perf_counter()
-            ranked = await self._search_plans(queries, plans, vectors, options, lexical)
+            ranked = await self._search_plans(queries, plans, vectors, options, lexical[0])
             search_ms = _ms(t_search)
+        except BaseException:
+            for task in lexical:
+                task.cancel()
+            raise
+        finally:
+            lease.release()
         timing = {
             "route": route_ms,
             "encode": encode_ms,
@@ -305,19 +424,14 @@ class RetrievalService:
         return filling
 
     async def _plan_vectors(
-        self, queries: Sequence[str], plans: list[Plan], base: np.ndarray | None
+        self, queries: Sequence[str], plans: list[Plan]
     ) -> dict[Key, np.ndarray]:
         """One mixed-adapter pass for every (query, expert) pair the plans need."""
         pairs = [(qi, e) for qi, plan in enumerate(plans) for e in plan]
-        reuse = {e for _, e in pairs if base is not None and self._is_base(e)}
-        todo = [(qi, e) for qi, e in pairs if e not in reuse]
-        out: dict[Key, np.ndarray] = {}
-        if todo:
-            encoded = await self._encode([queries[qi] for qi, _ in todo], [e for _, e in todo])
-            out.update(zip(todo, encoded, strict=True))
-        if base is not None:  # the routing pass already embedded them with the base model
-            out.update({(qi, e): base[qi] for qi, e in pairs if e in reuse})
-        return out
+        if not pairs:
+            return {}
+        encoded = await self._encode([queries[qi] for qi, _ in pairs], [e for _, e in pairs])
+        return dict(zip(pairs, encoded, strict=True))
 
     async def _lexical_lists(
         self, queries: Sequence[str], plans: list[Plan], options: SearchOptions
@@ -434,3 +548,8 @@ class RetrievalService:
                 raise
             return {}
         return dict(zip(positions, hits, strict=True))
+
+
+def _planned(plan: tuple[list[RoutingDecision], list[Plan]]) -> tuple[Any, set[str]]:
+    """A plan and the experts it needs leased (for `_Lease.route`)."""
+    return plan, {e for p in plan[1] for e in p}

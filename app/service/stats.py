@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.encoder.base import QueryEncoder
-from app.encoder.lora_encoder import PoolStats
+from app.encoder.base import PoolStats, QueryEncoder
 from app.errors import NotFound
 from app.index import IndexStore
 from app.replication.follower import Follower

@@ -28,6 +28,7 @@ def describe(info: ExpertInfo) -> ExpertOut:
         documents=info.documents,
         resident=info.resident,
         resident_bytes=info.resident_bytes,
+        one_pass=info.one_pass,
         state="ready" if info.indexing is None else "indexing",
         indexing=None
         if info.indexing is None
