@@ -7,8 +7,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export RR_DATASETS_DIR ?= ../shared/datasets
 
-.PHONY: install lock test-latest redis browser run test test-fast lint experts eval bench bench-latency \
-	bench-propagation bench-first-search bench-ingest soak clean
+.PHONY: install lock test-latest redis browser run test test-fast lint experts eval bench bench-smoke \
+	bench-latency bench-propagation bench-first-search bench-ingest soak clean
 
 # Installs come from the lock (requirements/*.lock, made by `make lock`): every package pinned
 # with its hashes, so a fresh clone gets what CI tested. torch is not in the lock: it is the CPU
@@ -101,9 +101,15 @@ experts: install
 eval: install
 	OMP_NUM_THREADS=1 $(RR) eval --benchmark $(RR_DATASETS_DIR)/benchmark.json --out reports
 
-# Serving benchmark (issue-4 table, reports/bench.md + reports/bench.png); run on a quiet machine.
+# Serving benchmark (reports/bench.md + reports/bench.png): routed dense, base-only, routed
+# hybrid and all-layer experts, one gateway each, the in-process bound and the router refit;
+# ~8-10 min on the 2-core machine. Run it on a quiet machine. bench-smoke: a small run to
+# $TMPDIR/rr-bench-smoke (the committed report untouched).
 bench: install redis
 	$(PY) -m bench.serving
+
+bench-smoke: install
+	$(PY) -m bench.serving --quick
 
 # The first minutes of `make run` on a new machine: seconds until each small domain answers.
 bench-first-search: install

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ import typer
 
 # ruff: noqa: B008  (typer declares options as argument defaults)
 from app.data.beir import load_benchmark, load_corpus, load_qrels, load_queries
-from bench.cluster import free_port
+from tests.processes import Gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,23 +44,26 @@ def main(
     wanted = sorted(sizes, key=sizes.get)[:domains]
     queries: dict[str, str] = {}
     work = Path(tempfile.mkdtemp(prefix="rr-first-"))
-    shutil.copytree(ROOT / "experts", work / "experts")
-    port = free_port()
-    env = os.environ | {
-        "RR_EXPERTS_DIR": str(work / "experts"),
-        "RR_INDEXES_DIR": str(work / "indexes"),
+    shutil.copytree(ROOT / "experts", work / "gateway" / "experts")
+    env = {
         "RR_CACHE_DIR": str(work / "cache"),  # empty: every corpus is embedded
-        "RR_DATASETS_DIR": str(datasets),
+        "RR_DATASETS_DIR": str(datasets.resolve()),  # the first-start indexing under test
     }
-    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
-    started = time.monotonic()
-    process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    gateway = Gateway(
+        work, name="gateway", env=env, log_path=work / "gateway.log", ready_timeout=limit
+    )
     answered: dict[str, float] = {}
     serving = indexed = None
     precision: dict = {}
+    started = time.monotonic()
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        gateway.start(wait_ready=False)  # /healthz: serving while it indexes
+        serving = time.monotonic() - started
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            # Per domain, a test query the router sends there (routing needs no index): the
+            # latency of interest is indexing's, not a routing miss.
+            for name in wanted:
+                queries[name] = _routed_query(client, name, candidates[name])
             while time.monotonic() - started < limit and not _finished(
                 set(wanted) <= set(answered), full, indexed
             ):
@@ -74,13 +75,7 @@ def main(
                         if body.get("status") == "ready":
                             indexed = time.monotonic() - started
                         continue
-                    if serving is None and client.get("/healthz").status_code == 200:
-                        serving = time.monotonic() - started
-                        # Per domain, a test query the router sends there (routing needs no
-                        # index): the latency of interest is indexing's, not a routing miss.
-                        for name in wanted:
-                            queries[name] = _routed_query(client, name, candidates[name])
-                    for name in wanted if queries else []:
+                    for name in wanted:
                         if name in answered:
                             continue
                         body = client.post("/v1/search", json={"query": queries[name]}).json()
@@ -89,8 +84,7 @@ def main(
                 except httpx.TransportError:
                     continue
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        gateway.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"serving (GET /healthz 200) after {serving or float('nan'):.1f} s")
     print("| domain | documents | first routed search with hits from its index, s after start |")

@@ -1,197 +1,226 @@
-"""What the model work of a query costs, in-process: the bound the served figures are held to.
+"""What the model work of a query costs in-process: the bound the served figures are held to.
 
-With the shipped experts and the server's layout (one `EncoderReplicas` worker per core, one
-intra-op thread each, batch 32, hidden-state reuse on), it measures per row:
+Through the encoder's public API only, on `workers` encoders in parallel threads with one
+intra-op thread each (the gateway's layout: one encoder per model worker), per row at batch
+1, 8 and 32:
 
-- the routing (base) pass;
-- the expert pass of routed queries (mixed experts in each batch, from the routing pass's
-  hidden states), on merged weights and through peft's hooks;
+- **base pass**: `encode(texts)`, what base-only search pays;
+- **mixed pass**: `encode(texts, adapters)`, every row through its own expert (the second
+  pass of the two-pass path);
+- **routed pass**: `encode_routed(texts, choose)`, one pass: the layers below the routing
+  layer once, `choose` on the routing features, the layers above with each row's expert.
 
-and the two-pass bound: queries/s when every worker runs full batches of routing passes
-followed by the expert passes of the queries the router sent to an expert (base-only: routing
-passes alone). Bounded: `--queries` rows, each measured `--rounds` times.
+`choose` gives every row an expert drawn at random (seeded): mixed batches, no base rows.
+The bound is queries/s at batch 32 with every worker busy: routed one-pass (base + mixed
+where the encoder has no `encode_routed`), and base-only. Bounded: `--queries` rows, each
+point the best of `--rounds`.
 
-    python -m bench.pass_cost [--queries 512]
+    python -m bench.pass_cost [--experts experts] [--routing-layer 0] [--queries 256]
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import typer
 
 # ruff: noqa: B008  (typer declares options as argument defaults)
 
-ROOT = Path(__file__).resolve().parents[1]
-BATCH = 32
-SMALL_BATCH = 6  # the expert rows per encoder call the served c=32 mix forms (issue 14)
+BATCHES = (1, 8, 32)
+BOUND_BATCH = 32
+
+
+@dataclass
+class BatchCost:
+    batch: int
+    base_ms: float  # per row
+    mixed_ms: float
+    routed_ms: float | None  # None: the encoder has no encode_routed
+
+    @property
+    def routed_or_two_pass_ms(self) -> float:
+        return self.routed_ms if self.routed_ms is not None else self.base_ms + self.mixed_ms
 
 
 @dataclass
 class PassCost:
+    experts: str
     workers: int
-    base_ms_per_row: float  # routing pass, per row, one worker
-    expert_ms_per_row: float  # expert pass from hidden states (merged weights), per row
-    hooks_expert_ms_per_row: float  # the same through peft's mixed-batch hooks
-    small_expert_ms_per_row: float  # expert pass at SMALL_BATCH rows per call, merged weights
-    small_hooks_expert_ms_per_row: float  # the same through peft's hooks
-    precision: str  # what the queries ran at (as the server would pick here)
-    routed_share: float  # of the queries, the share the router sends to an expert
-    bound_routed_qps: float
-    bound_base_qps: float
+    precision: str
+    routing_layer: int | None
+    costs: list[BatchCost]
+    agreement: float | None  # lowest cosine, routed vs mixed pass vectors of the same rows
+
+    def at(self, batch: int) -> BatchCost:
+        return next(c for c in self.costs if c.batch == batch)
 
     @property
-    def expert_to_base(self) -> float:
-        return self.expert_ms_per_row / self.base_ms_per_row
+    def bound_base_qps(self) -> float:
+        return 1000 * self.workers / self.at(BOUND_BATCH).base_ms
+
+    @property
+    def bound_routed_qps(self) -> float:
+        return 1000 * self.workers / self.at(BOUND_BATCH).routed_or_two_pass_ms
 
     def lines(self) -> list[str]:
-        return [
-            f"in-process bound ({self.workers} workers x 1 thread, batch {BATCH}): routed "
-            f"{self.bound_routed_qps:.1f} queries/s, base-only {self.bound_base_qps:.1f}",
-            f"per row ({self.precision}): routing (base) pass {self.base_ms_per_row:.2f} ms; "
-            f"expert pass at batch {BATCH} {self.expert_ms_per_row:.2f} ms on merged weights "
-            f"({self._share(self.expert_ms_per_row)} of a base pass), "
-            f"{self.hooks_expert_ms_per_row:.2f} ms through peft's hooks "
-            f"({self._share(self.hooks_expert_ms_per_row)}); at batch {SMALL_BATCH} "
-            f"{self.small_expert_ms_per_row:.2f} ms merged "
-            f"({self._share(self.small_expert_ms_per_row)}), "
-            f"{self.small_hooks_expert_ms_per_row:.2f} ms hooks "
-            f"({self._share(self.small_hooks_expert_ms_per_row)}); "
-            f"{100 * self.routed_share:.0f}% of queries routed to an expert",
+        layer = "" if self.routing_layer is None else f", routing layer {self.routing_layer}"
+        path = "routed one-pass" if self.costs[0].routed_ms is not None else "two-pass"
+        out = [
+            f"{self.experts} ({self.precision}{layer}, {self.workers} workers x 1 thread): "
+            f"in-process bound at batch {BOUND_BATCH}: {path} {self.bound_routed_qps:.1f} "
+            f"queries/s, base-only {self.bound_base_qps:.1f}"
         ]
+        for c in self.costs:
+            routed = (
+                "routed one-pass n/a (no encode_routed)"
+                if c.routed_ms is None
+                else f"routed one-pass {c.routed_ms:.2f} ms ({c.routed_ms / c.base_ms:.2f}x base)"
+            )
+            out.append(
+                f"batch {c.batch}: per row base pass {c.base_ms:.2f} ms, mixed-expert pass "
+                f"{c.mixed_ms:.2f} ms ({c.mixed_ms / c.base_ms:.2f}x), {routed}"
+            )
+        if self.agreement is not None:
+            out.append(f"routed vs mixed-pass vectors: lowest cosine {self.agreement:.5f}")
+        return out
 
-    def _share(self, ms: float) -> str:
-        return f"{100 * ms / self.base_ms_per_row:.0f}%"
+
+def measure(
+    queries: Sequence[str],
+    experts: dict[str, Path],
+    routing_layer: int | None = None,
+    described: str = "experts",
+    workers: int = 2,
+    rounds: int = 2,
+    seed: int = 0,
+    precision: str | None = None,
+) -> PassCost:
+    """Per-row costs of `queries` through `experts` ({name: adapter dir}) on `workers`
+    threads in parallel, as the gateway runs its model workers; queries at `precision`
+    (None: what a gateway would pick here, measured where RR_PRECISION=auto says so)."""
+    encoders = _encoders(experts, routing_layer, workers, precision)
+    rng = np.random.default_rng(seed)
+    drawn = rng.choice(sorted(experts), len(queries))
+    rows = [(q, str(e)) for q, e in zip(queries, drawn, strict=True)]
+    one_pass = hasattr(encoders[0], "encode_routed")
+
+    def base(encoder, texts: list[str], _: list[str]) -> None:
+        encoder.encode(texts)
+
+    def mixed(encoder, texts: list[str], adapters: list[str]) -> None:
+        encoder.encode(texts, adapters)
+
+    def routed(encoder, texts: list[str], adapters: list[str]) -> None:
+        encoder.encode_routed(texts, lambda features: [[a] for a in adapters])
+
+    costs = []
+    for batch in BATCHES:
+        costs.append(
+            BatchCost(
+                batch,
+                _ms_per_row(base, encoders, rows, batch, rounds),
+                _ms_per_row(mixed, encoders, rows, batch, rounds),
+                _ms_per_row(routed, encoders, rows, batch, rounds) if one_pass else None,
+            )
+        )
+    return PassCost(
+        experts=described,
+        workers=workers,
+        precision=encoders[0].precision,
+        routing_layer=getattr(encoders[0], "routing_layer", None),
+        costs=costs,
+        agreement=_agreement(encoders[0], rows[:BOUND_BATCH]) if one_pass else None,
+    )
 
 
-def measure(queries: list[str], rounds: int = 3, workers: int = 2) -> PassCost:
-    """Per-row costs on `workers` threads in parallel, as the gateway runs its workers."""
-    from app.core.router import Router
-    from app.encoder.base_model import pick_document_precision, pick_precision
-    from app.encoder.lora_encoder import BASE
-    from app.encoder.replicas import EncoderReplicas
-    from app.experts.artifacts import adapter_locator, list_expert_dirs, read_expert
+def _encoders(
+    experts: dict[str, Path], routing_layer: int | None, workers: int, precision: str | None
+) -> list:
+    """One encoder per worker, every expert resident."""
+    from app.encoder import LoraEncoder
+    from app.experts.artifacts import adapter_locator
     from app.settings import Settings
 
     settings = Settings()
-    experts = {p.name: read_expert(p) for p in list_expert_dirs(ROOT / "experts")}
-    encoder = EncoderReplicas(
-        adapter_locator({n: e.path for n, e in experts.items()}),
-        count=workers,
-        reuse_layer=settings.reuse_layer,
-        capacity=len(experts) + 1,
-        batch_size=BATCH,
-        precision=pick_precision(settings.precision, "cpu"),
-        document_precision=pick_document_precision(settings.document_precision, "cpu"),
-    )
-    encoder.warm_up()
-    encoder.ensure_resident(list(experts))
-    router = Router(
-        {n: e.pilots for n, e in experts.items()},
-        settings.router_aggregation,
-        settings.router_fallback_threshold,
-        {n: e.spec.fallback_threshold for n, e in experts.items()},
-    )
-    decisions = router.route(encoder.encode(queries))
-    routed = [(q, d.expert) for q, d in zip(queries, decisions, strict=True) if not d.fallback]
-
-    def timed(work: Callable[[int, list[str], list[str]], object], rows: list) -> float:
-        """ms per row with every worker busy on its share of `rows`, best of `rounds`."""
-        shares = [rows[i::workers] for i in range(workers)]
-        best = float("inf")
-        for _ in range(rounds):
-            threads = [
-                threading.Thread(target=_batches, args=(work, i, share))
-                for i, share in enumerate(shares)
-            ]
-            started = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            best = min(best, (time.perf_counter() - started) * 1000 * workers / len(rows))
-        return best
-
-    def routing_pass(replica: int, texts: list[str], _: list[str]) -> object:
-        return encoder.encode(texts, routing=[True] * len(texts), replica=replica)
-
-    def expert_pass(replica: int, texts: list[str], adapters: list[str]) -> object:
-        encoder.encode(texts, routing=[True] * len(texts), replica=replica)  # states to reuse
-        started = time.perf_counter()
-        encoder.encode(texts, adapters, replica=replica)
-        return time.perf_counter() - started
-
-    base_ms = timed(routing_pass, [(q, BASE) for q in queries])
-    expert_ms = _expert_only(expert_pass, routed, workers, rounds, BATCH)
-    small_ms = _expert_only(expert_pass, routed, workers, rounds, SMALL_BATCH)
-    merged = [replica._merged for replica in encoder.replicas]
-    for replica in encoder.replicas:  # the same rows through peft's hooks
-        replica._merged = None
-    hooks_ms = _expert_only(expert_pass, routed, workers, rounds, BATCH)
-    small_hooks_ms = _expert_only(expert_pass, routed, workers, rounds, SMALL_BATCH)
-    for replica, tables in zip(encoder.replicas, merged, strict=True):
-        replica._merged = tables
-    share = len(routed) / len(queries)
-    return PassCost(
-        workers=workers,
-        base_ms_per_row=base_ms,
-        expert_ms_per_row=expert_ms,
-        hooks_expert_ms_per_row=hooks_ms,
-        small_expert_ms_per_row=small_ms,
-        small_hooks_expert_ms_per_row=small_hooks_ms,
-        precision=encoder.replicas[0].precision,
-        routed_share=share,
-        bound_routed_qps=1000 * workers / (base_ms + share * expert_ms),
-        bound_base_qps=1000 * workers / base_ms,
-    )
+    options: dict = {"capacity": len(experts) + 1, "batch_size": settings.encode_batch_size}
+    # The routing layer comes with encode_routed: an encoder without it takes no such option.
+    if routing_layer is not None and hasattr(LoraEncoder, "encode_routed"):
+        options["routing_layer"] = routing_layer
+    encoders = [LoraEncoder(adapter_locator(experts), **options) for _ in range(workers)]
+    precision = encoders[0].use_precision(precision or settings.precision)
+    for encoder in encoders:
+        encoder.use_precision(precision)
+        encoder.ensure_resident(list(experts))
+        encoder.encode(["warm up"] * 4, [next(iter(experts))] * 4)
+    return encoders
 
 
-def _batches(work: Callable, replica: int, rows: list) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # per thread, as each gateway worker sets it
-    for start in range(0, len(rows), BATCH):
-        part = rows[start : start + BATCH]
-        work(replica, [q for q, _ in part], [e for _, e in part])
+Work = Callable[..., None]
 
 
-def _expert_only(expert_pass, routed, workers: int, rounds: int, batch: int) -> float:
-    """ms per row of the expert passes alone (each after its routing pass, not counted)."""
+def _ms_per_row(work: Work, encoders: list, rows: list, batch: int, rounds: int) -> float:
+    """ms per row with every worker busy on its share of `rows`, `batch` rows per call."""
+    workers = len(encoders)
+    shares = [rows[i::workers] for i in range(workers)]
+
+    def run(encoder, share: list) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # per thread, as each gateway worker sets it
+        for start in range(0, len(share), batch):
+            part = share[start : start + batch]
+            work(encoder, [q for q, _ in part], [e for _, e in part])
+
     best = float("inf")
-    shares = [routed[i::workers] for i in range(workers)]
     for _ in range(rounds):
-        spent = [0.0] * workers
-
-        def run(replica: int, share: list, spent: list[float] = spent) -> None:
-            import torch
-
-            torch.set_num_threads(1)
-            for start in range(0, len(share), batch):
-                part = share[start : start + batch]
-                spent[replica] += expert_pass(replica, [q for q, _ in part], [e for _, e in part])
-
-        threads = [threading.Thread(target=run, args=(i, s)) for i, s in enumerate(shares)]
+        pairs = zip(encoders, shares, strict=True)
+        threads = [threading.Thread(target=run, args=pair) for pair in pairs]
+        started = time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        best = min(best, 1000 * sum(spent) / len(routed))
+        best = min(best, (time.perf_counter() - started) * 1000 * workers / len(rows))
     return best
 
 
-def main(
-    queries: int = typer.Option(512, help="Benchmark test queries (mixed domains)."),
-    rounds: int = typer.Option(3, help="Repeats; the best is kept."),
-    datasets: Path = typer.Option(ROOT.parent / "shared" / "datasets", help="Benchmark data."),
-) -> None:
-    from bench.serving import load_domains, mixed_queries
+def _agreement(encoder, rows: list) -> float:
+    """The routed pass must compute the experts it was told to: its vectors against the
+    mixed pass's for the same rows (the encoder's self-check holds it to a tolerance)."""
+    texts, adapters = [q for q, _ in rows], [e for _, e in rows]
+    exact = encoder.encode(texts, adapters)
+    routed = encoder.encode_routed(texts, lambda features: [[a] for a in adapters])
+    vectors = np.stack([v[0] for v in routed.vectors])
+    return float((vectors * exact).sum(axis=1).min())
 
-    texts = mixed_queries(load_domains(datasets), seed=7)[:queries]
-    for line in measure(texts, rounds).lines():
+
+def main(
+    experts: Path = typer.Option(Path("experts"), help="Experts directory (trained experts)."),
+    routing_layer: int = typer.Option(
+        -1, help="Routing layer of the encoder (-1: the encoder's default)."
+    ),
+    queries: int = typer.Option(256, help="Benchmark test queries (mixed domains)."),
+    rounds: int = typer.Option(2, help="Repeats per point; the best is kept."),
+    workers: int = typer.Option(2, help="Encoders in parallel threads (the gateway's workers)."),
+    datasets: Path = typer.Option(None, help="Benchmark data (default: RR_DATASETS_DIR)."),
+    precision: str = typer.Option("auto", help="Query precision: auto (as a gateway), fp32, bf16."),
+) -> None:
+    from app.experts.artifacts import list_expert_dirs
+    from bench.workload import DEFAULT_DATASETS, load_domains, mixed_queries
+
+    found = {p.name: p for p in list_expert_dirs(experts)}
+    if not found:
+        raise SystemExit(f"no experts in {experts}")
+    texts = mixed_queries(load_domains(datasets or DEFAULT_DATASETS), seed=7)[:queries]
+    layer = None if routing_layer < 0 else routing_layer
+    described = f"{len(found)} experts of {experts}"
+    cost = measure(texts, found, layer, described, workers, rounds, precision=precision)
+    for line in cost.lines():
         typer.echo(line)
 
 

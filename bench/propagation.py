@@ -18,18 +18,10 @@ from pathlib import Path
 import httpx
 import typer
 
-from bench.cluster import TOKEN, Gateway, RedisServer
-from bench.search_latency import _make_adapter
+from tests.helpers import make_adapter
+from tests.processes import TOKEN, Gateway, RedisServer, adapter_files
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _adapter(root: Path) -> dict[str, tuple[str, bytes, str]]:
-    config, model = _make_adapter(0, root / "adapter")
-    return {
-        "adapter_config": ("adapter_config.json", config, "application/json"),
-        "adapter_model": ("adapter_model.safetensors", model, "application/octet-stream"),
-    }
 
 
 def _until(predicate, timeout_s: float = 10.0) -> float:
@@ -53,7 +45,7 @@ def _finds(client: httpx.Client, query: str, expert: str, doc_id: str) -> bool:
 def main(rounds: int = 20) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        files = _adapter(root)
+        files = adapter_files(make_adapter(0, str(root)))
         redis = RedisServer(root / "redis")
         redis.start()
         a, b = Gateway(root, redis.url, "a"), Gateway(root, redis.url, "b")

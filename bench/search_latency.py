@@ -9,10 +9,7 @@ Index vectors are random unit vectors: search cost depends on index size, not co
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +17,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import typer
+
+from tests.helpers import make_adapter
+from tests.processes import Gateway
 
 EXPERTS = {
     "aero": ["lift and drag of a swept wing", "supersonic flow over an airfoil"],
@@ -36,27 +36,8 @@ QUERIES = [
 ]
 
 
-def _make_adapter(seed: int, out: Path, layers: list[int] | None = None) -> tuple[bytes, bytes]:
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from app.encoder.base_model import load_base_model
-
-    torch.manual_seed(seed)
-    config = LoraConfig(
-        r=8,
-        lora_alpha=32,
-        target_modules=["query", "value"],
-        layers_to_transform=layers,  # None: every layer
-        init_lora_weights=False,
-    )
-    get_peft_model(load_base_model("cpu"), config).save_pretrained(str(out))
-    return (out / "adapter_config.json").read_bytes(), (
-        out / "adapter_model.safetensors"
-    ).read_bytes()
-
-
 def build(root: Path, docs: int) -> None:
+    """root/experts and root/indexes: the layout `Gateway(root.parent, name=root.name)` serves."""
     from app.core.pilots import centroid_pilots
     from app.encoder import LoraEncoder
     from app.experts.artifacts import write_expert
@@ -66,7 +47,9 @@ def build(root: Path, docs: int) -> None:
     store = IndexStore(root / "indexes", encoder.dim)
     rng = np.random.default_rng(0)
     for seed, (name, examples) in enumerate(EXPERTS.items()):
-        config, model = _make_adapter(seed, root / "adapters" / name)
+        adapter = make_adapter(seed, str(root.parent / "adapters"))
+        config = (adapter / "adapter_config.json").read_bytes()
+        model = (adapter / "adapter_model.safetensors").read_bytes()
         pilots = centroid_pilots(encoder.encode(examples))
         write_expert(root / "experts", name, config, model, pilots)
         vectors = rng.normal(size=(docs, encoder.dim)).astype(np.float32)
@@ -88,57 +71,27 @@ def cold_load_ms(root: Path, repeats: int = 20) -> list[float]:
     return times
 
 
-def main(docs: int = 10_000, requests: int = 200, port: int = 8765) -> None:
+def main(docs: int = 10_000, requests: int = 200) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "gateway"
         started = time.perf_counter()
         build(root, docs)
         print(f"built 3 experts x {docs} documents in {time.perf_counter() - started:.1f}s")
-        env = os.environ | {
-            "RR_EXPERTS_DIR": str(root / "experts"),
-            "RR_INDEXES_DIR": str(root / "indexes"),
-            # The queries repeat: without this most requests would be embedding-cache hits.
-            "RR_EMBEDDING_CACHE_SIZE": "0",
-        }
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-        )
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                for _ in range(600):
-                    if server.poll() is not None:
-                        raise SystemExit("server exited during start-up")
-                    try:
-                        if client.get("/readyz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.1)
-                for query in QUERIES * 3:  # warm-up: every adapter resident
-                    client.post("/v1/search", json={"query": query})
-                latencies, routed = [], {}
-                for i in range(requests):
-                    t0 = time.perf_counter()
-                    response = client.post(
-                        "/v1/search", json={"query": QUERIES[i % len(QUERIES)], "k": 10}
-                    )
-                    latencies.append((time.perf_counter() - t0) * 1000)
-                    response.raise_for_status()
-                    expert = response.json()["routing"]["expert"]
-                    routed[expert] = routed.get(expert, 0) + 1
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        # The queries repeat: without the cache off most requests would be cache hits.
+        gateway = Gateway(root.parent, name=root.name, env={"RR_EMBEDDING_CACHE_SIZE": "0"})
+        with gateway, httpx.Client(base_url=gateway.url, timeout=30) as client:
+            for query in QUERIES * 3:  # warm-up: every adapter resident
+                client.post("/v1/search", json={"query": query})
+            latencies, routed = [], {}
+            for i in range(requests):
+                t0 = time.perf_counter()
+                response = client.post(
+                    "/v1/search", json={"query": QUERIES[i % len(QUERIES)], "k": 10}
+                )
+                latencies.append((time.perf_counter() - t0) * 1000)
+                response.raise_for_status()
+                expert = response.json()["routing"]["expert"]
+                routed[expert] = routed.get(expert, 0) + 1
         latencies.sort()
         p50 = statistics.median(latencies)
         p95 = latencies[int(0.95 * len(latencies)) - 1]

@@ -18,6 +18,7 @@ trained adapter, and checks what clients were told against what the service then
 
     .venv/bin/python -m bench.soak                 # the full run (~10 min), `make soak`
     .venv/bin/python -m bench.soak --quick         # the small version `make test` runs
+    .venv/bin/python -m bench.soak --quick --parts churn --json-out churn.json
 Exit status 1 on any loss, partial batch, 5xx or failed check.
 """
 
@@ -34,13 +35,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 import typer
 
-from bench.cluster import TOKEN, Gateway, RedisServer, adapter_files
+from tests.processes import TOKEN, Gateway, RedisServer, adapter_files
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EXPERT = "soak"
@@ -120,11 +121,9 @@ def findable(client: httpx.Client, docs: dict[str, str], sample: int, seed: int 
 
 
 def gateway(root: Path, name: str, encoder: str, redis_url: str | None = None, **env) -> Gateway:
-    node = Gateway(root, redis_url or "", name)
-    if redis_url is None:
-        del node.env["RR_REDIS_URL"]  # embedded: the gateway's own disk is the only state
-    node.env |= {"RR_ENCODER_BACKEND": encoder} | {k: str(v) for k, v in env.items()}
-    return node
+    """redis_url None: embedded, the gateway's own disk is the only state."""
+    settings = {"RR_ENCODER_BACKEND": encoder} | {k: str(v) for k, v in env.items()}
+    return Gateway(root, redis_url, name, env=settings)
 
 
 # -- 1. crash rounds -----------------------------------------------------------------------
@@ -544,6 +543,8 @@ def schema_fuzz(root: Path, examples: int) -> Outcome:
 
 # -- the suite -------------------------------------------------------------------------------
 
+PARTS = ("crash", "churn", "redis", "disk", "schema")
+
 
 def run(
     rounds: int = 20,
@@ -551,7 +552,7 @@ def run(
     redis_s: float = 12.0,
     fuzz_examples: int = 200,
     encoder: str = "minilm",
-    parts: tuple[str, ...] = ("crash", "churn", "redis", "disk", "schema"),
+    parts: tuple[str, ...] = PARTS,
 ) -> list[Outcome]:
     root = Path(tempfile.mkdtemp(prefix="rr-soak-"))
     outcomes = []
@@ -578,12 +579,21 @@ def main(
     quick: bool = typer.Option(False, help="The small version (what `make test` runs)."),
     rounds: int = typer.Option(20, help="Crash rounds."),
     churn_s: float = typer.Option(30.0, help="Seconds of searches under expert churn."),
+    redis_s: float = typer.Option(12.0, help="Seconds of admin writes around a Redis restart."),
     encoder: str = typer.Option("minilm", help="minilm (the real encoder) or fake."),
+    parts: str = typer.Option(",".join(PARTS), help="Comma-separated subset of the parts."),
+    json_out: Path = typer.Option(None, help="Also write each part's figures here (JSON)."),
 ) -> None:
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    if unknown := set(chosen) - set(PARTS):
+        raise typer.BadParameter(f"unknown parts {sorted(unknown)}", param_hint="--parts")
     if quick:
-        outcomes = run(rounds=4, churn_s=5, redis_s=8, fuzz_examples=20, encoder="fake")
+        rounds, churn_s, redis_s, fuzz, encoder = 4, 5.0, 8.0, 20, "fake"
     else:
-        outcomes = run(rounds=rounds, churn_s=churn_s, encoder=encoder)
+        fuzz = 200
+    outcomes = run(rounds, churn_s, redis_s, fuzz, encoder, chosen)
+    if json_out is not None:
+        json_out.write_text(json.dumps([asdict(o) for o in outcomes], default=str))
     failed = [o for o in outcomes if o.failures]
     print(f"soak: {len(outcomes) - len(failed)}/{len(outcomes)} parts passed")
     raise typer.Exit(1 if failed else 0)

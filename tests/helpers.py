@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.cluster import (  # noqa: F401  (re-exported)
+from tests.processes import (  # noqa: F401  (re-exported)
     TOKEN,
     Gateway,
     RedisServer,
