@@ -91,7 +91,9 @@ def test_eval_service_run_equals_the_gateway(settings, adapters_root: str) -> No
                 name, [d.id for d in documents], vectors, documents
             )
         base = encode(QUERIES)
-        decisions = ctx.registry.router.route(base)
+        # The gateway routes on the routing features (the pooled states entering its
+        # routing layer), computed inside the routed pass.
+        decisions = ctx.registry.router.route(ctx.encoder.routing_features(QUERIES))
         assert {d.expert for d in decisions} > {"base"}, [d.scores for d in decisions]
         dataset = EvalSet(
             "aero", True, [], np.zeros((0, 384)), [str(i) for i in range(len(QUERIES))], QUERIES, {}

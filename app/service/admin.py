@@ -36,7 +36,7 @@ from app.replication.changes import (
     FusionWeightSet,
 )
 from app.replication.sinks import ChangeSink
-from app.service.batched_work import EncodeJob
+from app.service.batched_work import EncodeJob, RoutedEncodeJob
 from app.service.batcher import MicroBatcher
 from app.service.crash_point import CrashPoint
 
@@ -123,7 +123,9 @@ class AdminService:
             raise InvalidInput("pilot_queries must be non-empty strings")
         if (where := not_utf8(list(queries), "pilot_queries")) is not None:
             raise InvalidInput(f"{where}: not valid UTF-8 text (a lone surrogate?)")
-        embedded = await self.embed_documents(list(queries))  # base space, like documents
+        # In the router's space: the routing features of the example queries.
+        job = RoutedEncodeJob(list(queries), lambda f: [[] for _ in range(len(f))])
+        embedded = (await self.encoder_batcher.submit(job, size=len(queries))).features
         # Without relevance labels the paper's per-query expert labelling is impossible:
         # the expert's pilot is the plain centroid of its example queries.
         return normalize_pilots(centroid_pilots(embedded), self.encoder.dim)
