@@ -126,7 +126,7 @@ def shipped_set(
         if missing:
             described += f"; no expert for {', '.join(missing)} (their queries may fall back)"
         return ExpertSet("shipped", home, names, described)
-    unused = f" (experts/ has only {len(trained)} of {len(domains)})" if trained else ""
+    unused = f" (experts/ has {len(trained)} of {len(domains)})" if missing and trained else ""
     expert_set = random_set(
         work, "shipped", domains, SHIPPED_LAYERS, seed, pilot_queries, built, env={}
     )

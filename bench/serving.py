@@ -104,7 +104,9 @@ class ServingBench:
             else:
                 raise ValueError(name)
             self.sets[name] = made
-            print(f"built {name}: {made.described} ({time.perf_counter() - started:.0f}s)")
+            print(
+                f"built {name}: {made.described} ({time.perf_counter() - started:.0f}s)", flush=True
+            )
         return self.sets[name]
 
     def _indexes(self) -> Path:
@@ -115,7 +117,7 @@ class ServingBench:
             self._built = expert_sets.build_indexes(
                 out, self.domains, names, self.options.docs, self.options.seed
             )
-            print(f"built {len(names)} indexes in {time.perf_counter() - started:.0f}s")
+            print(f"built {len(names)} indexes in {time.perf_counter() - started:.0f}s", flush=True)
         return self._built
 
     # -- measuring -------------------------------------------------------------------------
