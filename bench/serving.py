@@ -438,6 +438,7 @@ def build_report(
     set_lines = [f"Experts ({s.name}): {s.described}." for s in bench.sets.values()]
     differs = [VARIANTS[k].setup for k in opts.variants if VARIANTS[k].setup]
     unique = len({q for d in bench.domains for q in d.test})
+    skipped = [VARIANTS[k].label for k in VARIANTS if k not in opts.variants]
     setup = [
         *set_lines,
         f"Indexes: {expert_sets.index_description(opts.docs)}.",
@@ -454,6 +455,9 @@ def build_report(
         f"Load: {requests} measured requests per point after a 64-request warm-up; closed loop; "
         f"each client is {one_client} with its own keep-alive connection; concurrency "
         f"{', '.join(map(str, levels))}.",
+        f"Not in this run: {', '.join(skipped) or 'none'} (`--variants`; the default run is "
+        f"{DEFAULT_VARIANTS}: the others, Infinity's install and probes above all, would take it "
+        "past ~15 minutes).",
         "QPS counts 2xx answers per wall-clock second; percentiles are over all requests; "
         "errors = non-2xx except 429 (counted apart) plus transport errors and timeouts; "
         "client CPU = the load generator's own CPU per request (it shares the cores).",
