@@ -30,6 +30,7 @@ def make_adapter(
     targets: tuple[str, ...] = ("query", "value"),
     layers: tuple[int, ...] | None = None,
     identity: bool = False,
+    rank: int = 8,
 ) -> Path:
     """A real peft LoRA over the real base model with random (non-identity) weights, or
     with `identity` peft's default init (B = 0: the adapter changes nothing)."""
@@ -40,11 +41,12 @@ def make_adapter(
 
     suffix = "" if layers is None else "-layers-" + "-".join(map(str, layers))
     suffix += "-identity" if identity else ""
+    suffix += "" if rank == 8 else f"-r{rank}"
     out = Path(root) / f"adapter-{seed}-{'-'.join(targets)}{suffix}"
     if not (out / "adapter_model.safetensors").exists():
         torch.manual_seed(seed)
         config = LoraConfig(
-            r=8,
+            r=rank,
             lora_alpha=32,
             target_modules=list(targets),
             layers_to_transform=list(layers) if layers else None,

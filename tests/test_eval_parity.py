@@ -66,7 +66,9 @@ def test_eval_service_run_equals_the_gateway(settings, adapters_root: str) -> No
         "code": make_adapter(7, adapters_root, layers=(4, 5)),
         "med": make_adapter(2, adapters_root),
     }
-    settings.router_fallback_threshold = 0.3  # some queries fall back to the base encoder
+    # Some queries fall back to the base encoder (routing features at layer 4 sit closer
+    # together than final embeddings: the off-domain query scores ~0.6, in-domain ~0.8+).
+    settings.router_fallback_threshold = 0.7
     with TestClient(create_app(settings)) as client:
         for name, adapter in adapters.items():
             response = client.post(
