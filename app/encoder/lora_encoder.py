@@ -235,6 +235,10 @@ class LoraEncoder:
             enabled=(at or self.precision) == "bf16",
         )
 
+    def _dtype(self, at: str | None = None) -> Any:
+        """The dtype matmuls run at for a pass at `at` (the LoRA tables' dtype)."""
+        return self._torch.bfloat16 if (at or self.precision) == "bf16" else None
+
     def _plain_model(self, at: str | None = None) -> Any:
         """The plain base model for a pass at `at`. Under bf16 autocast, a copy whose Linear
         weights and biases are bf16 already: autocast would round the fp32 ones to bf16 on
@@ -287,7 +291,7 @@ class LoraEncoder:
     ) -> np.ndarray:
         torch = self._torch
         batch = self._pad(tokens, rows)
-        with torch.inference_mode(), self._autocast(at), self._bank.rows(adapters):
+        with torch.inference_mode(), self._autocast(at), self._bank.rows(adapters, self._dtype(at)):
             output = self._plain_model(at)(**batch)
             return mean_pool(output.last_hidden_state, batch["attention_mask"]).cpu().numpy()
 
@@ -380,7 +384,7 @@ class LoraEncoder:
     def _upper(self, hidden: Any, mask: Any, adapters: list[str]) -> np.ndarray:
         torch = self._torch
         model = self._plain_model()
-        with torch.inference_mode(), self._autocast(), self._bank.rows(adapters):
+        with torch.inference_mode(), self._autocast(), self._bank.rows(adapters, self._dtype()):
             extended = hf_private.encoder_attention_mask(model, mask, hidden)
             for layer in model.encoder.layer[self.routing_layer :]:
                 hidden = hf_private.run_layer(layer, hidden, extended)

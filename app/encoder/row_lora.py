@@ -32,6 +32,7 @@ class LoraBank:
         self._experts: dict[str, Factors] = {}
         self._slots: dict[str, int] = {}
         self._tables: dict[Key, tuple[Any, Any]] = {}  # key -> (A (S, in, r), B (S, r, out))
+        self._cast: dict[Any, dict[Key, tuple[Any, Any]]] = {}  # the tables in another dtype
         self.active: dict[Key, tuple[Any, Any]] = {}  # set by `rows` for one pass
 
     def __contains__(self, name: str) -> bool:
@@ -73,19 +74,37 @@ class LoraBank:
                     b_table[slot, : b.shape[0]] = b
             tables[key] = (a_table, b_table)
         self._tables = tables
+        self._cast = {}
+
+    def _in(self, dtype: Any) -> dict[Key, tuple[Any, Any]]:
+        """The tables in `dtype` (bf16 under bf16 autocast: cast once, not per pass)."""
+        if dtype is None or dtype == torch.float32:
+            return self._tables
+        if dtype not in self._cast:
+            self._cast[dtype] = {
+                key: (a.to(dtype), b.to(dtype)) for key, (a, b) in self._tables.items()
+            }
+        return self._cast[dtype]
 
     @contextmanager
-    def rows(self, adapters: Sequence[str]) -> Iterator[None]:
-        """Within: wrapped modules add row i's delta for `adapters[i]` (BASE: none)."""
+    def rows(self, adapters: Sequence[str], dtype: Any = None) -> Iterator[None]:
+        """Within: wrapped modules add row i's delta for `adapters[i]` (BASE: none), with
+        the factors in `dtype` (None: float32)."""
         missing = [a for a in adapters if a != BASE and a not in self._slots]
         if missing:
             raise KeyError(f"experts not in the LoRA bank: {sorted(set(missing))}")
         slots = [self._slots.get(a, 0) for a in adapters]
-        if any(slots):
+        tables = self._in(dtype)
+        if len(set(slots)) == 1 and slots[0]:
+            # One expert for every row (a lone query, say): its factors as they are, a
+            # plain matmul each, no per-row gather.
+            slot = slots[0]
+            self.active = {key: (a[slot], b[slot]) for key, (a, b) in tables.items()}
+        elif any(slots):
             index = torch.tensor(slots, dtype=torch.long, device=self.device)
             self.active = {
                 key: (a.index_select(0, index), b.index_select(0, index))
-                for key, (a, b) in self._tables.items()
+                for key, (a, b) in tables.items()
             }
         try:
             yield
@@ -107,8 +126,11 @@ class RowLoraLinear(torch.nn.Module):
         factors = self._bank[0].active.get(self.key)
         if factors is None:
             return out
-        a, b = factors  # (rows, in, r), (rows, r, out); x: (rows, tokens, in)
-        delta = torch.bmm(torch.bmm(x, a.to(x.dtype)), b.to(x.dtype))
+        a, b = factors  # (rows, in, r), (rows, r, out), or one expert's (in, r), (r, out)
+        if a.dim() == 2:
+            delta = torch.matmul(torch.matmul(x, a), b)
+        else:  # x: (rows, tokens, in)
+            delta = torch.bmm(torch.bmm(x, a), b)
         return out + delta.to(out.dtype)
 
 
