@@ -155,6 +155,22 @@ def test_all_layer_experts_route_on_token_embeddings(adapter_a: Path, adapter_b:
     assert encoder.one_pass("alpha") and encoder.stats.one_pass_rows == 3
 
 
+def test_a_lora_on_the_pooler_still_runs_in_one_pass(adapters_root: str) -> None:
+    """`dense` on every layer also matches `pooler.dense` (as `rr train-expert --layers
+    all` trains): the pooler never enters a mean-pooled embedding, so one pass serves it."""
+    from tests.helpers import make_adapter
+
+    everywhere = make_adapter(21, adapters_root, ("query", "key", "value", "dense"))
+    dirs = {"all": everywhere}
+    encoder = LoraEncoder(lambda name: dirs[name], routing_layer=0)
+    encoder.ensure_resident(["all"])
+    assert any("pooler" in path for path, _ in encoder.model.named_modules() if "lora_A" in path)
+    routed = encoder.encode_routed(TEXTS, lambda f: [["all"]] * len(f))
+    want = _exact(dirs, TEXTS, ["all"] * len(TEXTS))
+    assert encoder.one_pass("all") is True
+    assert np.abs(np.concatenate(routed.vectors) - want).max() <= 1e-5
+
+
 def test_one_pass_bank_pads_ranks_and_falls_back_to_peft(
     adapters_root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

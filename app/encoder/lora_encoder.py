@@ -143,6 +143,8 @@ class LoraEncoder:
         except hf_private.PrivateApiUnavailable as exc:
             log.warning("expert %s served by the exact path: %s", name, exc)
             return
+        # The pooler never enters a mean-pooled embedding: a LoRA there changes nothing served.
+        outside = [path for path in outside if not path.startswith("pooler.")]
         if outside or not factors or min(layer for layer, _ in factors) < self.routing_layer:
             return  # changes layers below the routing layer: its pass must be a full one
         self._bank.add(name, factors)
