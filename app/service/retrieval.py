@@ -202,23 +202,7 @@ class RetrievalService:
     async def _encode(self, texts: Sequence[str], experts: Sequence[str]) -> np.ndarray:
         """Cached vectors where we have them; the rest in one batched forward pass."""
         versions = [self._version(e) for e in experts]
-        out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
-        missing = []
-        for i, (text, version) in enumerate(zip(texts, versions, strict=True)):
-            cached = self._cached(text, version)
-            if cached is None:
-                missing.append(i)
-            else:
-                out[i] = cached
-        if missing and self.shared_cache is not None:
-            found = await self._shared_lookup(
-                [texts[i] for i in missing], [versions[i] for i in missing]
-            )
-            for i, vector in zip(missing, found, strict=True):
-                if vector is not None:
-                    out[i] = vector
-                    self._remember(texts[i], versions[i], vector)
-            missing = [i for i, vector in zip(missing, found, strict=True) if vector is None]
+        out, missing = await self._lookup(texts, versions)
         if missing:
             job = EncodeJob(
                 [texts[i] for i in missing],
@@ -241,24 +225,32 @@ class RetrievalService:
 
     async def _cached_features(self, texts: Sequence[str]) -> np.ndarray | None:
         """Every text's routing features from the caches, or None if one is missing."""
+        out, missing = await self._lookup(texts, [self._features_version] * len(texts))
+        return None if missing else out
+
+    async def _lookup(
+        self, texts: Sequence[str], versions: Sequence[str]
+    ) -> tuple[np.ndarray, list[int]]:
+        """Rows found in the local cache, then the shared one (copied to local), and the
+        positions found in neither."""
         out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
         missing = []
-        for i, text in enumerate(texts):
-            cached = self._cached(text, self._features_version)
+        for i, (text, version) in enumerate(zip(texts, versions, strict=True)):
+            cached = self._cached(text, version)
             if cached is None:
                 missing.append(i)
             else:
                 out[i] = cached
         if missing and self.shared_cache is not None:
             found = await self._shared_lookup(
-                [texts[i] for i in missing], [self._features_version] * len(missing)
+                [texts[i] for i in missing], [versions[i] for i in missing]
             )
             for i, vector in zip(missing, found, strict=True):
                 if vector is not None:
                     out[i] = vector
-                    self._remember(texts[i], self._features_version, vector)
+                    self._remember(texts[i], versions[i], vector)
             missing = [i for i, vector in zip(missing, found, strict=True) if vector is None]
-        return None if missing else out
+        return out, missing
 
     async def _routed(
         self, texts: Sequence[str], planner: Planner, lease: _Lease, vectors_wanted: bool = True
