@@ -140,14 +140,13 @@ class LoraEncoder:
         self._bank.remove(name)  # a reloaded expert must never run on old factors
         try:
             factors, outside = hf_private.lora_factors(self.model, name)
-        except hf_private.PrivateApiUnavailable as exc:
+            # The pooler never enters a mean-pooled embedding: a LoRA there changes nothing.
+            outside = [path for path in outside if not path.startswith("pooler.")]
+            if outside or not factors or min(layer for layer, _ in factors) < self.routing_layer:
+                return  # changes layers below the routing layer: its pass must be a full one
+            self._bank.add(name, factors)
+        except Exception as exc:  # unbanked, the expert is still served: by the exact path
             log.warning("expert %s served by the exact path: %s", name, exc)
-            return
-        # The pooler never enters a mean-pooled embedding: a LoRA there changes nothing served.
-        outside = [path for path in outside if not path.startswith("pooler.")]
-        if outside or not factors or min(layer for layer, _ in factors) < self.routing_layer:
-            return  # changes layers below the routing layer: its pass must be a full one
-        self._bank.add(name, factors)
 
     @property
     def _one_pass_on(self) -> bool:
@@ -280,7 +279,8 @@ class LoraEncoder:
                 except Exception as exc:  # the shortcut never fails a request: peft serves
                     if self.strict:
                         raise
-                    self.shortcuts.failed(ONE_PASS, exc)
+                    only_base = all(named[k] == BASE for k in plain)
+                    self.shortcuts.failed(PLAIN_BASE_PASS if only_base else ONE_PASS, exc)
                     peft = list(range(len(bucket)))
             if peft:
                 picked = bucket[peft]

@@ -33,7 +33,8 @@ class LoraBank:
         self._slots: dict[str, int] = {}
         self._tables: dict[Key, tuple[Any, Any]] = {}  # key -> (A (S, in, r), B (S, r, out))
         self._cast: dict[Any, dict[Key, tuple[Any, Any]]] = {}  # the tables in another dtype
-        self.active: dict[Key, tuple[Any, Any]] = {}  # set by `rows` for one pass
+        self._active: dict[Key, tuple[Any, Any]] = {}  # set by `rows` for one pass
+        self._rows: Any = None  # the active rows' slots (a tensor), or one slot for all
 
     def __contains__(self, name: str) -> bool:
         return name in self._experts
@@ -42,12 +43,11 @@ class LoraBank:
         """Take `name`'s factors (every key at or above `first_layer`), replacing old ones."""
         if any(layer < self.first_layer for layer, _ in factors):
             raise ValueError(f"{name}: LoRA below layer {self.first_layer} cannot be banked")
-        self._experts[name] = dict(factors)
-        self._restack()
+        self._restack({**self._experts, name: dict(factors)})
 
     def remove(self, name: str) -> None:
-        if self._experts.pop(name, None) is not None:
-            self._restack()
+        if name in self._experts:
+            self._restack({n: f for n, f in self._experts.items() if n != name})
 
     def bytes_of(self, name: str) -> int:
         return sum(
@@ -55,26 +55,27 @@ class LoraBank:
             for a, b in self._experts.get(name, {}).values()
         )
 
-    def _restack(self) -> None:
-        names = sorted(self._experts)
-        self._slots = {name: i + 1 for i, name in enumerate(names)}
-        keys = sorted({key for factors in self._experts.values() for key in factors})
+    def _restack(self, experts: dict[str, Factors]) -> None:
+        """New tables for `experts`, taken only once all are built (a failure, say out of
+        memory, leaves the bank as it was)."""
+        names = sorted(experts)
+        slots = {name: i + 1 for i, name in enumerate(names)}
+        keys = sorted({key for factors in experts.values() for key in factors})
         tables: dict[Key, tuple[Any, Any]] = {}
         for key in keys:
-            present = [self._experts[n][key] for n in names if key in self._experts[n]]
+            present = [experts[n][key] for n in names if key in experts[n]]
             rank = max(a.shape[1] for a, _ in present)
             fan_in, fan_out = present[0][0].shape[0], present[0][1].shape[1]
             a_table = torch.zeros((len(names) + 1, fan_in, rank), device=self.device)
             b_table = torch.zeros((len(names) + 1, rank, fan_out), device=self.device)
             for name in names:
-                if key in self._experts[name]:
-                    a, b = self._experts[name][key]
-                    slot = self._slots[name]
+                if key in experts[name]:
+                    a, b = experts[name][key]
+                    slot = slots[name]
                     a_table[slot, :, : a.shape[1]] = a  # zero-padded ranks add exactly 0
                     b_table[slot, : b.shape[0]] = b
             tables[key] = (a_table, b_table)
-        self._tables = tables
-        self._cast = {}
+        self._experts, self._slots, self._tables, self._cast = experts, slots, tables, {}
 
     def _in(self, dtype: Any) -> dict[Key, tuple[Any, Any]]:
         """The tables in `dtype` (bf16 under bf16 autocast: cast once, not per pass)."""
@@ -94,22 +95,28 @@ class LoraBank:
         if missing:
             raise KeyError(f"experts not in the LoRA bank: {sorted(set(missing))}")
         slots = [self._slots.get(a, 0) for a in adapters]
-        tables = self._in(dtype)
         if len(set(slots)) == 1 and slots[0]:
             # One expert for every row (a lone query, say): its factors as they are, a
             # plain matmul each, no per-row gather.
-            slot = slots[0]
-            self.active = {key: (a[slot], b[slot]) for key, (a, b) in tables.items()}
+            self._rows = slots[0]
         elif any(slots):
-            index = torch.tensor(slots, dtype=torch.long, device=self.device)
-            self.active = {
-                key: (a.index_select(0, index), b.index_select(0, index))
-                for key, (a, b) in tables.items()
-            }
+            self._rows = torch.tensor(slots, dtype=torch.long, device=self.device)
+        self._active = self._in(dtype) if any(slots) else {}
         try:
             yield
         finally:
-            self.active = {}
+            self._active, self._rows = {}, None
+
+    def factors(self, key: Key) -> tuple[Any, Any] | None:
+        """The active rows' factors for one module, gathered when the module runs (so a
+        pass holds one module's per-row copies at a time, not every module's)."""
+        table = self._active.get(key)
+        if table is None:
+            return None
+        a, b = table
+        if isinstance(self._rows, int):
+            return a[self._rows], b[self._rows]
+        return a.index_select(0, self._rows), b.index_select(0, self._rows)
 
 
 class RowLoraLinear(torch.nn.Module):
@@ -123,7 +130,7 @@ class RowLoraLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.nn.functional.linear(x, self.base.weight, self.base.bias)
-        factors = self._bank[0].active.get(self.key)
+        factors = self._bank[0].factors(self.key)
         if factors is None:
             return out
         a, b = factors  # (rows, in, r), (rows, r, out), or one expert's (in, r), (r, out)

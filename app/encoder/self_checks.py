@@ -91,8 +91,8 @@ def _one_pass_difference(encoder: LoraEncoder, texts: list[str]) -> float:
     differences = [float(np.abs(encoder.routing_features(texts) - features.cpu().numpy()).max())]
     if encoder.routing_layer >= encoder.layer_count:
         return differences[0]  # no layer above the routing layer: no expert rows to check
-    _add_probe_adapter(encoder)
     try:
+        _add_probe_adapter(encoder)
         if PROBE_ADAPTER not in encoder._bank:
             raise RuntimeError("the probe adapter was not banked")
         probe = [PROBE_ADAPTER] * len(texts)
@@ -111,6 +111,9 @@ def _one_pass_difference(encoder: LoraEncoder, texts: list[str]) -> float:
             raise RuntimeError("the probe adapter did not change the output")
     finally:
         encoder._pool.unload(PROBE_ADAPTER)
+        if PROBE_ADAPTER in encoder.model.peft_config:  # added, never made resident
+            encoder._bank.remove(PROBE_ADAPTER)
+            encoder.model.delete_adapter(PROBE_ADAPTER)
     return max(differences)
 
 

@@ -103,7 +103,7 @@ class ExpertRegistry:
     def routed_lease(self, route: Callable[[Router], tuple[T, Iterable[str]]]) -> Iterator[T]:
         """Route against the current router and lease the experts it chose, atomically:
         a concurrent delete can neither slip in between nor pull an expert from under us."""
-        decided, leased = self.route_and_lease(route)
+        decided, leased, _ = self.route_and_lease(route)
         try:
             yield decided
         finally:
@@ -111,9 +111,11 @@ class ExpertRegistry:
 
     def route_and_lease(
         self, route: Callable[[Router], tuple[T, Iterable[str]]]
-    ) -> tuple[T, list[str]]:
+    ) -> tuple[T, list[str], dict[str, str | None]]:
         """`routed_lease` for callers whose lease outlives a block (a routed pass decides
-        on a model worker's thread): returns (decision, leased names); `release` them."""
+        on a model worker's thread): returns (decision, leased names, their adapters'
+        sha256 as leased: a delete may drop the name before the lease ends); `release`
+        the names."""
         with self._lock:
             decided, names = route(self.router)
             wanted = [n for n in set(names) if n != BASE_EXPERT]
@@ -121,7 +123,10 @@ class ExpertRegistry:
                 if name not in self._experts:
                     raise NotFound(f"expert {name!r} not found")
             self._leases.update(wanted)
-        return decided, wanted
+            versions: dict[str, str | None] = {
+                n: self._experts[n].spec.adapter_sha256 for n in wanted
+            }
+        return decided, wanted, versions
 
     def release(self, names: Iterable[str]) -> None:
         with self._lock:

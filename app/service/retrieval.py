@@ -65,26 +65,34 @@ Planner = Callable[[Router, np.ndarray], tuple[list[RoutingDecision], list[Plan]
 
 
 class _Lease:
-    """The experts one request routed to, leased until it is done. Routing may happen on a
-    model worker's thread after the request was cancelled: a lease taken then is let go at
-    once, so a delete never waits for a request that is gone."""
+    """The experts one request routed to, leased until it is done, with their adapter
+    versions as leased. Routing may happen on a model worker's thread after the request
+    was cancelled: a lease taken then is let go at once (`route` says it is not live), so a
+    delete never waits for a request that is gone and no work is started for it."""
 
     def __init__(self, registry: ExpertRegistry) -> None:
         self._registry = registry
         self._lock = threading.Lock()
         self._names: list[str] = []
         self._closed = False
+        self.versions: dict[str, str | None] = {}
         self.routed_at: float | None = None
 
-    def route(self, planner: Callable[[Router], tuple[Any, set[str]]]) -> Any:
-        decided, names = self._registry.route_and_lease(planner)
+    def route(self, planner: Callable[[Router], tuple[Any, set[str]]]) -> tuple[Any, bool]:
+        """(the planner's decision, whether the request still wants it)."""
+        decided, names, versions = self._registry.route_and_lease(planner)
         with self._lock:
             self.routed_at = time.perf_counter()
             if not self._closed:
                 self._names.extend(names)
-                return decided
+                self.versions.update(versions)
+                return decided, True
         self._registry.release(names)
-        return decided
+        return decided, False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def release(self) -> None:
         with self._lock:
@@ -150,9 +158,13 @@ class RetrievalService:
 
     # -- encoding ------------------------------------------------------------------------
 
-    def _version(self, expert: str) -> str:
+    def _version(self, expert: str, leased: dict[str, str | None] | None = None) -> str:
+        """The cache key's encoder version; `leased`: versions as a lease took them (the
+        registry may have dropped a name that is being deleted while its lease runs)."""
         if expert == BASE_EXPERT:
             return BASE_EXPERT
+        if leased is not None and expert in leased:
+            return f"{expert}@{leased[expert]}"
         return f"{expert}@{self.registry.get(expert).spec.adapter_sha256}"
 
     def _is_base(self, expert: str) -> bool:
@@ -199,9 +211,14 @@ class RetrievalService:
             self.shortcuts.failed(SHARED_EMBEDDING_CACHE, exc, switch_off=False)
             return [None] * len(texts)
 
-    async def _encode(self, texts: Sequence[str], experts: Sequence[str]) -> np.ndarray:
+    async def _encode(
+        self,
+        texts: Sequence[str],
+        experts: Sequence[str],
+        leased: dict[str, str | None] | None = None,
+    ) -> np.ndarray:
         """Cached vectors where we have them; the rest in one batched forward pass."""
-        versions = [self._version(e) for e in experts]
+        versions = [self._version(e, leased) for e in experts]
         out, missing = await self._lookup(texts, versions)
         if missing:
             job = EncodeJob(
@@ -253,21 +270,38 @@ class RetrievalService:
         return out, missing
 
     async def _routed(
-        self, texts: Sequence[str], planner: Planner, lease: _Lease, vectors_wanted: bool = True
+        self,
+        texts: Sequence[str],
+        planner: Planner,
+        lease: _Lease,
+        vectors_wanted: bool = True,
+        on_plans: Callable[[list[Plan]], None] | None = None,
     ) -> tuple[list[RoutingDecision], list[Plan], dict[Key, np.ndarray]]:
         """Route `texts` and embed each with its plan's encoders. Where the caches hold
         their routing features, route here and embed through `_encode` (cached vectors);
-        else one routed pass: the router runs inside it, on the model worker's thread."""
+        else one routed pass: the router runs inside it, on the model worker's thread.
+        `on_plans` runs on the event loop as soon as the plans are known."""
         features = await self._cached_features(texts)
         if features is not None:
-            (decisions, plans) = lease.route(lambda router: _planned(planner(router, features)))
-            cached = await self._plan_vectors(texts, plans) if vectors_wanted else {}
-            return decisions, plans, cached
+            (decisions, plans), _ = lease.route(lambda r: _planned(planner(r, features)))
+            if on_plans is not None:
+                on_plans(plans)
+            if not vectors_wanted:
+                return decisions, plans, {}
+            return decisions, plans, await self._plan_vectors(texts, plans, lease.versions)
+        loop = asyncio.get_running_loop()
         decided: dict[str, Any] = {}
 
         def choose(found: np.ndarray) -> list[list[str]]:
-            decided["plan"] = lease.route(lambda router: _planned(planner(router, found)))
-            if not vectors_wanted:
+            # Once per job: a failed batch retries its jobs one by one, with the decision
+            # (and the lease, and the lexical leg it started) it already has.
+            if "plan" not in decided:
+                decided["plan"], live = lease.route(lambda r: _planned(planner(r, found)))
+                if not live:  # the request is gone: no expert to run, no leg to start
+                    decided["gone"] = True
+                elif on_plans is not None:
+                    loop.call_soon_threadsafe(on_plans, decided["plan"][1])
+            if not vectors_wanted or decided.get("gone"):
                 return [[] for _ in range(len(found))]
             return [[BASE if self._is_base(e) else e for e in plan] for plan in decided["plan"][1]]
 
@@ -285,7 +319,7 @@ class RetrievalService:
                 plans[qi] if vectors_wanted else [], done.vectors[qi], strict=False
             ):
                 vectors[(qi, encoder)] = vector
-                version = self._version(encoder)
+                version = self._version(encoder, lease.versions)
                 self._remember(text, version, vector.copy())
                 shared.append((text, version, vector))
         await self._share(shared)
@@ -299,8 +333,12 @@ class RetrievalService:
         done: RoutedPass = await self.encoder_batcher.submit(
             RoutedEncodeJob(list(texts), lambda f: [[] for _ in range(len(f))]), size=len(texts)
         )
-        for text, row in zip(texts, done.features, strict=True):
-            self._remember(text, self._features_version, row.copy())
+        rows = [
+            (t, self._features_version, r.copy()) for t, r in zip(texts, done.features, strict=True)
+        ]
+        for text, version, row in rows:
+            self._remember(text, version, row)
+        await self._share(rows)
         return done.features
 
     async def route(self, queries: Sequence[str]) -> list[RoutingDecision]:
@@ -343,14 +381,18 @@ class RetrievalService:
 
         lexical_only = options.mode == "lexical"  # routed for its targets only
         lease = _Lease(self.registry)
-        loop = asyncio.get_running_loop()
         # The lexical leg needs only the plans: it starts as soon as routing has decided
-        # (inside the routed pass, on the worker's thread) and runs during the expert layers.
+        # (inside the routed pass) and runs during the expert layers. Never after the
+        # request ended: a leg scheduled from the worker then is not started.
         lexical: list[asyncio.Task[dict[int, list[Hit]]]] = []
 
         def start_lexical(plans: list[Plan]) -> None:
-            if not lexical:
-                lexical.append(loop.create_task(self._lexical_lists(queries, plans, options)))
+            if not lexical and not lease.closed:
+                lexical.append(
+                    asyncio.get_running_loop().create_task(
+                        self._lexical_lists(queries, plans, options)
+                    )
+                )
 
         try:
             t_encode = time.perf_counter()
@@ -358,12 +400,10 @@ class RetrievalService:
 
                 def planner(router: Router, features: np.ndarray) -> tuple[list, list[Plan]]:
                     decisions = router.route(features)
-                    plans = [encoders_for(d, options) for d in decisions]
-                    loop.call_soon_threadsafe(start_lexical, plans)
-                    return decisions, plans
+                    return decisions, [encoders_for(d, options) for d in decisions]
 
                 decisions, plans, vectors = await self._routed(
-                    queries, planner, lease, vectors_wanted=not lexical_only
+                    queries, planner, lease, not lexical_only, start_lexical
                 )
                 routed_at = lease.routed_at or time.perf_counter()
                 route_ms = round((routed_at - started) * 1000, 3)
@@ -374,18 +414,18 @@ class RetrievalService:
                 lease.route(lambda _router: (None, {e for p in plans for e in p}))
                 route_ms = _ms(started)
                 start_lexical(plans)
-                vectors = {} if lexical_only else await self._plan_vectors(queries, plans)
+                vectors = (
+                    {} if lexical_only else await self._plan_vectors(queries, plans, lease.versions)
+                )
             encode_ms = _ms(t_encode)
             start_lexical(plans)
             t_search = time.perf_counter()
             ranked = await self._search_plans(queries, plans, vectors, options, lexical[0])
             search_ms = _ms(t_search)
-        except BaseException:
-            for task in lexical:
-                task.cancel()
-            raise
         finally:
             lease.release()
+            for task in lexical:  # done already unless this request failed or was cancelled
+                task.cancel()
         timing = {
             "route": route_ms,
             "encode": encode_ms,
@@ -416,13 +456,18 @@ class RetrievalService:
         return filling
 
     async def _plan_vectors(
-        self, queries: Sequence[str], plans: list[Plan]
+        self,
+        queries: Sequence[str],
+        plans: list[Plan],
+        leased: dict[str, str | None] | None = None,
     ) -> dict[Key, np.ndarray]:
         """One mixed-adapter pass for every (query, expert) pair the plans need."""
         pairs = [(qi, e) for qi, plan in enumerate(plans) for e in plan]
         if not pairs:
             return {}
-        encoded = await self._encode([queries[qi] for qi, _ in pairs], [e for _, e in pairs])
+        encoded = await self._encode(
+            [queries[qi] for qi, _ in pairs], [e for _, e in pairs], leased
+        )
         return dict(zip(pairs, encoded, strict=True))
 
     async def _lexical_lists(
