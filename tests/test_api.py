@@ -81,7 +81,8 @@ def test_register_upload_search_delete_restart(settings, adapter_a: Path, adapte
         assert route["expert"] == "aero"
 
         listing = {e["name"]: e for e in client.get("/v1/experts").json()["experts"]}
-        assert listing["code"]["documents"] == 2 and listing["code"]["pilot_count"] == 1
+        # The pilot set: one routing-feature row per example query.
+        assert listing["code"]["documents"] == 2 and listing["code"]["pilot_count"] == 3
         assert client.get("/v1/experts/aero").json()["description"] == "aero expert"
 
         # Update in place: same id replaces the document.

@@ -67,8 +67,14 @@ def test_eval_writes_the_documented_schema(tmp_path: Path) -> None:
     ]
     trained = runner.invoke(app, ["train-all", *common, "--max-steps", "2"])
     assert trained.exit_code == 0, trained.output
-    built = runner.invoke(app, ["build-pilots", *common, "--report", str(tmp_path / "p.json")])
+    report = tmp_path / "p.json"
+    built = runner.invoke(app, ["build-pilots", *common[:4], "--report", str(report)])
     assert built.exit_code == 0, built.output
+    # Pilot sets of TRAIN queries at the routing layer, compared on held-out train queries.
+    spec = json.loads((experts / "geo" / "expert.json").read_text())
+    assert spec["extra"]["pilots"]["layer"] == 4 and spec["pilot_count"] == 5
+    rows = json.loads(report.read_text())["held_out_train_comparison"]
+    assert {(r["layer"], r["rule"]) for r in rows} >= {(4, "learned"), (6, "centroid")}
     result = runner.invoke(
         app, ["eval", *common, "--out", str(out), "--multitask-dir", str(tmp_path / "none")]
     )
@@ -91,6 +97,10 @@ def test_eval_writes_the_documented_schema(tmp_path: Path) -> None:
         "instance_oracle",
     } <= methods
     assert "service:router_mean" in methods and "service:router_mean" not in data["ndcg@10"]["food"]
+    # The served router (layer-4 features, learned rule) beside today's rule.
+    assert {"router", "hybrid:router", "service:router", "service_hybrid:router"} <= methods
+    assert {"router_centroid@L4", "router_learned@final"} <= methods
+    assert set(data["routing_accuracy"]["router"]) == {"geo", "music", "food"}
     for dataset, row in data["ndcg@10"].items():
         assert row["instance_oracle"] >= row["dataset_oracle"] - 1e-9 >= row["base"] - 1e-6, dataset
         assert all(0.0 <= v <= 1.0 for v in row.values())

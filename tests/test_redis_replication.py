@@ -102,6 +102,19 @@ def test_changes_through_one_gateway_reach_the_other(gateways, adapter_a: Path) 
     fusion = lambda: httpx.get(a.url + "/v1/experts/code", timeout=10).json()["fusion_weight"]  # noqa: E731
     wait_for(lambda: fusion() == 0.3, 1.0)
 
+    # A second expert through B: both gateways refit their router from the same pilot sets
+    # and route alike, scores to the last digit.
+    assert register(b, "aero", adapter_a, AERO_QUERIES).status_code == 201
+    wait_for(lambda: "aero" in expert_names(a), 2.0)
+    for query in ("python sort dict", "swept wing lift", "csv reader", "shock waves"):
+        routes = [
+            httpx.post(g.url + "/v1/route", json={"query": query}, timeout=30).json()
+            for g in (a, b)
+        ]
+        assert routes[0] == routes[1] and len(routes[0]["scores"]) == 2, query
+    assert httpx.delete(b.url + "/admin/experts/aero", headers=AUTH, timeout=30).status_code == 204
+    wait_for(lambda: "aero" not in expert_names(a), 2.0)
+
     assert register(b, "code", adapter_a).status_code == 409  # Redis decides, atomically
     assert httpx.delete(a.url + "/admin/experts/code", headers=AUTH, timeout=30).status_code == 204
     wait_for(lambda: "code" not in expert_names(b), 1.0)

@@ -45,3 +45,54 @@ def test_top_n_and_empty_router() -> None:
     assert decision.top(2) == ["aero", "code"]
     [empty] = Router({}).route(np.zeros((1, 3), dtype=np.float32))
     assert empty.expert == "base" and empty.fallback and empty.scores == {}
+
+
+def test_learned_rule_is_deterministic_and_beats_centroids_where_they_fail() -> None:
+    """Two domains whose centroids point the same way but whose queries differ along one
+    feature: the centroid rule cannot tell them apart, the fitted rule can; and two fits
+    of the same pilot sets are bit-identical (every replica routes alike)."""
+    from app.core.router import build_router
+
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=16)
+    offset = np.zeros(16)
+    offset[3] = 0.4
+
+    def domain(sign: float, n: int) -> np.ndarray:
+        rows = common + sign * offset + 0.05 * rng.normal(size=(n, 16))
+        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+    pilots = {"a": domain(1.0, 200), "b": domain(-1.0, 60)}
+    held = {"a": domain(1.0, 50), "b": domain(-1.0, 50)}
+    learned = build_router(pilots, {}, "learned", threshold=-1.0)
+    again = build_router(pilots, {}, "learned", threshold=-1.0)
+    assert np.array_equal(learned.weights, again.weights)
+    assert np.array_equal(learned.biases, again.biases)
+    accuracy = np.mean([d.expert == n for n in held for d in learned.route(held[n])])
+    assert accuracy >= 0.98
+    decision = learned.route(held["b"][:1])[0]
+    assert abs(sum(decision.scores.values()) - 1.0) < 1e-5  # probabilities
+    # Fallback: far from every expert's centroid, below its own pilots' lowest similarity.
+    strict = build_router(pilots, {}, "learned", fallback_percentile=0.0)
+    far = -common[None, :] / np.linalg.norm(common)
+    assert strict.route(far.astype(np.float32))[0].fallback
+
+
+def test_registry_refits_on_change_and_skips_pilots_of_another_layer(tmp_path) -> None:
+    from safetensors.numpy import save
+
+    from app.experts.artifacts import write_expert
+    from app.experts.registry import ExpertRegistry
+
+    rng = np.random.default_rng(1)
+    weights = save({"x.lora_B.weight": np.ones((2, 2), np.float32)})
+    for name, layer in (("a", 4), ("b", None), ("c", 6)):
+        pilots = rng.normal(size=(20, 384)).astype(np.float32)
+        extra = {} if layer is None else {"pilots": {"layer": layer}}
+        write_expert(tmp_path, name, b"{}", weights, pilots, extra=extra)
+    registry = ExpertRegistry(tmp_path, rule="learned", routing_layer=4)
+    registry.load_all()
+    assert registry.router.names == ["a", "b"]  # c's pilots live in another space
+    first = registry.router
+    registry.remove("b")
+    assert registry.router is not first and registry.router.names == ["a"]

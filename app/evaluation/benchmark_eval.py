@@ -17,6 +17,7 @@ import numpy as np
 from app.core.documents import Document
 from app.core.hybrid import weights_lookup
 from app.core.names import BASE_EXPERT
+from app.core.router import Aggregation, Rule
 from app.data.beir import (
     Benchmark,
     BenchmarkSet,
@@ -130,6 +131,27 @@ def _choices(decisions: list[Any], top2: bool = False) -> list[Choice]:
     return [d.expert for d in decisions]
 
 
+@dataclass(frozen=True)
+class RoutingSettings:
+    """The served router's settings (`Settings`' router fields; defaults: the service's)."""
+
+    layer: int = 4
+    rule: Rule = "learned"
+    aggregation: Aggregation = "mean"
+    threshold: float = 0.0
+    fallback_percentile: float | None = None
+
+    @classmethod
+    def of(cls, settings: Any) -> RoutingSettings:
+        return cls(
+            settings.routing_layer,
+            settings.router_rule,
+            settings.router_aggregation,
+            settings.router_fallback_threshold,
+            settings.router_fallback_percentile,
+        )
+
+
 def run_eval(
     benchmark: Benchmark,
     experts_dir: Path,
@@ -141,8 +163,11 @@ def run_eval(
     seed: int = 13,
     document_precision: str = "fp32",
     precision: str = "fp32",
+    routing: RoutingSettings | None = None,
 ) -> EvalResult:
-    from app.core.router import Router
+    """`routing`: the served router's settings (default: the service's defaults)."""
+    from app.core.pilots import centroid_pilots
+    from app.core.router import Router, build_router
     from app.encoder.lora_encoder import BASE as BASE_ADAPTER
     from app.encoder.lora_encoder import LoraEncoder
     from app.evaluation.bm25 import bm25_search
@@ -152,13 +177,17 @@ def run_eval(
         read_expert,
         read_fusion_models,
     )
+    from app.training.pilots import calibrate_threshold, pilot_queries
 
     experts = {p.name: read_expert(p) for p in list_expert_dirs(experts_dir)}
     adapters = {name: e.path for name, e in experts.items()}
     if multitask_dir is not None and (multitask_dir / "adapter_config.json").is_file():
         adapters["multitask"] = multitask_dir
 
-    encoder = LoraEncoder(adapter_locator(adapters), capacity=len(adapters) + 1)
+    routing = routing or RoutingSettings()
+    encoder = LoraEncoder(
+        adapter_locator(adapters), capacity=len(adapters) + 1, routing_layer=routing.layer
+    )
     result = EvalResult(
         document_precision=encoder.use_document_precision(document_precision),
         precision=encoder.use_precision(precision),
@@ -168,12 +197,14 @@ def run_eval(
         entries.append((BenchmarkSet(path.name, path, path / "qrels/test.tsv", None), False))
 
     sets: list[EvalSet] = []
+    features: dict[str, np.ndarray] = {}  # the served router's input, per set
     for entry, in_domain in entries:
         data, doc_texts = load_eval_set(entry, in_domain, encoder, cache_dir)
         (result.in_domain if in_domain else result.zero_shot).append(data.name)
         data.encoded[BASE] = encoder.encode(
             data.query_texts, [BASE_ADAPTER] * len(data.query_texts)
         )
+        features[data.name] = encoder.routing_features(data.query_texts)
         for name in adapters:
             data.encoded[name] = encoder.encode(data.query_texts, [name] * len(data.query_texts))
         rows, scores = bm25_search(doc_texts, data.query_texts, k)
@@ -194,17 +225,38 @@ def run_eval(
     weights = weights_lookup(
         {n: e.spec.fusion_weight for n, e in experts.items()}, *read_fusion_models(experts_dir)
     )
+    by_name = {e.name: e for e in benchmark.experts}
+    # The served router: the experts' pilot sets (routing features of train queries), as
+    # the gateway builds it. It routes on the routing features.
     thresholds = {n: experts[n].spec.fallback_threshold for n in names}
-    pilots = {n: experts[n].pilots for n in names if len(experts[n].pilots)}
+    pilot_sets = {n: experts[n].pilots for n in names if len(experts[n].pilots)}
+    served = build_router(
+        pilot_sets,
+        thresholds,
+        routing.rule,
+        routing.aggregation,
+        routing.threshold,
+        routing.fallback_percentile,
+    )
+    on_features: dict[str, tuple[Router, bool]] = {
+        "router": (served, False),
+        "router_top2[served]": (served, True),
+        f"router_centroid@L{routing.layer}": (Router(pilot_sets, "mean", threshold=-1.0), False),
+    }
+    # Today's (before one-pass) methods: on the final embedding, one centroid pilot per
+    # expert of the same train queries, fallback below the 5th percentile of its own.
+    final_sets = {n: encoder.encode(pilot_queries(by_name[n], 200)) for n in names if n in by_name}
+    pilots = {n: centroid_pilots(rows) for n, rows in final_sets.items()}
+    legacy = {n: calibrate_threshold(final_sets[n] @ pilots[n][0], 5.0) for n in pilots}
     routers: dict[str, tuple[Router, bool]] = {
-        "router_mean": (Router(pilots, "mean", thresholds=thresholds), False),
-        "router_max": (Router(pilots, "max", thresholds=thresholds), False),
-        "router_top2": (Router(pilots, "mean", thresholds=thresholds), True),
+        "router_mean": (Router(pilots, "mean", thresholds=legacy), False),
+        "router_max": (Router(pilots, "max", thresholds=legacy), False),
+        "router_top2": (Router(pilots, "mean", thresholds=legacy), True),
         "router_mean_nofallback": (Router(pilots, "mean", threshold=-1.0), False),
+        "router_learned@final": (build_router(final_sets, {}, "learned", threshold=-1.0), False),
     }
     for label, variant in (variant_pilots or {}).items():
         routers[f"router_mean[{label}]"] = (Router(variant, "mean", threshold=-1.0), False)
-    by_name = {e.name: e for e in benchmark.experts}
     samples = {
         n: encoder.encode(train_query_sample(by_name[n], 100, seed)) for n in names if n in by_name
     }
@@ -226,14 +278,17 @@ def run_eval(
                 data.name, method, paper_run(data, [choice] * len(data.query_ids), k), data.qrels
             )
         _hybrid_rows(result, data, service, routers["router_mean"][0], weights, k)
-        for method, (router, top2) in routers.items():
-            choices = _choices(router.route(data.encoded[BASE]), top2)
+        _hybrid_rows(result, data, service, served, weights, k, "router", features[data.name], True)
+        every = [(m, r, t, data.encoded[BASE]) for m, (r, t) in routers.items()]
+        every += [(m, r, t, features[data.name]) for m, (r, t) in on_features.items()]
+        for method, router, top2, inputs in every:
+            choices = _choices(router.route(inputs), top2)
             result.record(data.name, method, paper_run(data, choices, k), data.qrels)
             if data.in_domain:
                 result.record(
                     data.name, f"service:{method}", service.run(data, choices, k), data.qrels
                 )
-                if method in ("router_mean", "router_top2"):
+                if method in ("router_mean", "router_top2", "router", "router_top2[served]"):
                     merged = service.run(data, choices, k, search_all=True)
                     result.record(data.name, f"service_all:{method}", merged, data.qrels)
             if not top2:
@@ -245,38 +300,49 @@ def run_eval(
                 result.routing_accuracy.setdefault(method, {})[data.name] = round(
                     float(accuracy), 4
                 )
-            if method == "router_mean":
+            if method == "router":
                 result.routing[data.name] = dict(Counter(str(c) for c in choices))
         _oracles(result, data, names, k)
     return result
 
 
 def _hybrid_rows(
-    result: EvalResult, data: EvalSet, service: ServiceIndexes, router: Any, weights: Any, k: int
+    result: EvalResult,
+    data: EvalSet,
+    service: ServiceIndexes,
+    router: Any,
+    weights: Any,
+    k: int,
+    label: str = "router_mean",
+    inputs: np.ndarray | None = None,
+    routed_only: bool = False,
 ) -> None:
-    """Lexical (the served FTS5 BM25) and hybrid rows, paper and service settings."""
+    """Lexical (the served FTS5 BM25) and hybrid rows, paper and service settings, for
+    `router` on `inputs` (default: the final base embedding); `routed_only`: only the rows
+    that depend on the routing (the shared baselines are recorded once)."""
     everyone = [BASE] * len(data.query_ids)
-    routed = _choices(router.route(data.encoded[BASE]))
-    result.record(data.name, "lexical", paper_run(data, everyone, k, "lexical"), data.qrels)
+    routed = _choices(router.route(data.encoded[BASE] if inputs is None else inputs))
+    if not routed_only:
+        result.record(data.name, "lexical", paper_run(data, everyone, k, "lexical"), data.qrels)
+        hybrid_base = paper_run(data, everyone, k, "hybrid", weights)
+        result.record(data.name, "hybrid:base", hybrid_base, data.qrels)
     result.record(
-        data.name, "hybrid:base", paper_run(data, everyone, k, "hybrid", weights), data.qrels
-    )
-    result.record(
-        data.name, "hybrid:router_mean", paper_run(data, routed, k, "hybrid", weights), data.qrels
+        data.name, f"hybrid:{label}", paper_run(data, routed, k, "hybrid", weights), data.qrels
     )
     rrf = paper_run(data, routed, k, "hybrid", weights, fusion="rrf")
-    result.record(data.name, "hybrid_rrf:router_mean", rrf, data.qrels)
+    result.record(data.name, f"hybrid_rrf:{label}", rrf, data.qrels)
     if not data.in_domain:
         return
     for mode in ("lexical", "hybrid"):
         run = service.run(data, routed, k, mode=mode, weights=weights)
-        result.record(data.name, f"service_{mode}:router_mean", run, data.qrels)
+        result.record(data.name, f"service_{mode}:{label}", run, data.qrels)
     everywhere = service.run(
         data, routed, k, mode="hybrid", weights=weights, lexical_everywhere=True
     )
-    result.record(data.name, "service_hybrid_lexall:router_mean", everywhere, data.qrels)
-    every_fallback = service.run(data, everyone, k, mode="hybrid", weights=weights)
-    result.record(data.name, "service_hybrid:base", every_fallback, data.qrels)
+    result.record(data.name, f"service_hybrid_lexall:{label}", everywhere, data.qrels)
+    if not routed_only:
+        every_fallback = service.run(data, everyone, k, mode="hybrid", weights=weights)
+        result.record(data.name, "service_hybrid:base", every_fallback, data.qrels)
 
 
 def _oracles(result: EvalResult, data: EvalSet, names: list[str], k: int) -> None:

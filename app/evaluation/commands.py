@@ -35,7 +35,7 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """nDCG@10 / Recall@100 of every method on every test set; eval.json, eval.md, plots."""
         from app.data.beir import load_benchmark
-        from app.evaluation.benchmark_eval import run_eval
+        from app.evaluation.benchmark_eval import RoutingSettings, run_eval
         from app.evaluation.report import averages_table, write_report
 
         cli_logging()
@@ -49,6 +49,7 @@ def register(cli: typer.Typer) -> None:
             _load_variants(variants_path(cache_dir)),
             document_precision=cli_settings().document_precision,
             precision=cli_settings().precision,
+            routing=RoutingSettings.of(cli_settings()),
         )
         experts = experts_dir or cli_settings().experts_dir
         data = {**result.to_json(), "training": _training_summary(experts)}

@@ -7,6 +7,7 @@ an expert in the router snapshot can always lease it, and a delete waits for tho
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ import numpy as np
 
 from app.core.hybrid import QueryWeights, weights_lookup
 from app.core.names import BASE_EXPERT, check_name
-from app.core.router import Aggregation, Router
+from app.core.router import Aggregation, Router, Rule, build_router
 from app.errors import Conflict, NotFound
 from app.experts.artifacts import (
     UNTUNED,
@@ -34,15 +35,27 @@ from app.experts.artifacts import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ExpertRegistry:
     def __init__(
-        self, experts_dir: Path, aggregation: Aggregation = "mean", threshold: float = 0.0
+        self,
+        experts_dir: Path,
+        aggregation: Aggregation = "mean",
+        threshold: float = 0.0,
+        rule: Rule = "centroid",
+        fallback_percentile: float | None = None,
+        routing_layer: int | None = None,
     ) -> None:
+        """`routing_layer`: experts whose pilots record another layer are not routed to
+        (their pilots live in another space); None routes every expert."""
         self.experts_dir = experts_dir
         self.aggregation: Aggregation = aggregation
         self.threshold = threshold
+        self.rule: Rule = rule
+        self.fallback_percentile = fallback_percentile
+        self.routing_layer = routing_layer
         self._experts: dict[str, Expert] = {}
         self._leases: Counter[str] = Counter()
         self._pending_removal: set[str] = set()
@@ -88,13 +101,30 @@ class ExpertRegistry:
         """Directory of an expert's adapter; the encoder's AdapterLocator."""
         return adapter_locator({name: self.get(name).path})(name)
 
+    def routable(self, expert: Expert) -> bool:
+        """Its pilots live at the routing layer (or record none: taken as that layer)."""
+        layer = (expert.spec.extra.get("pilots") or {}).get("layer")
+        return self.routing_layer is None or layer is None or layer == self.routing_layer
+
     def _rebuild_router(self) -> None:
-        experts = self._experts.values()
-        self.router = Router(
+        experts = [e for e in self._experts.values() if len(e.pilots)]
+        for expert in experts:
+            if not self.routable(expert):
+                log.warning(
+                    "expert %s is not routed to: its pilots are routing features of layer %s, "
+                    "the router reads layer %s (rebuild them: rr build-pilots)",
+                    expert.name,
+                    expert.spec.extra["pilots"]["layer"],
+                    self.routing_layer,
+                )
+        experts = [e for e in experts if self.routable(e)]
+        self.router = build_router(
             {e.name: e.pilots for e in experts},
+            {e.name: e.spec.fallback_threshold for e in experts},
+            self.rule,
             self.aggregation,
             self.threshold,
-            {e.name: e.spec.fallback_threshold for e in experts},
+            self.fallback_percentile,
         )
 
     # -- leases --------------------------------------------------------------------------

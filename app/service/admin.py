@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from app.core.names import RESERVED, check_name
-from app.core.pilots import centroid_pilots
 from app.core.text import blank, not_utf8
 from app.encoder import BASE
 from app.encoder.base import QueryEncoder
@@ -126,9 +125,9 @@ class AdminService:
         # In the router's space: the routing features of the example queries.
         job = RoutedEncodeJob(list(queries), lambda f: [[] for _ in range(len(f))])
         embedded = (await self.encoder_batcher.submit(job, size=len(queries))).features
-        # Without relevance labels the paper's per-query expert labelling is impossible:
-        # the expert's pilot is the plain centroid of its example queries.
-        return normalize_pilots(centroid_pilots(embedded), self.encoder.dim)
+        # The expert's pilot set: the routing features of its example queries (the learned
+        # router fits on the sets; the centroid rule averages them).
+        return normalize_pilots(embedded, self.encoder.dim)
 
     async def set_fusion_weight(self, name: str, weight: float | None) -> None:
         if weight is not None and not 0.0 <= weight <= 1.0:

@@ -86,7 +86,12 @@ class ServiceContext:
     @classmethod
     def start(cls, settings: Settings) -> ServiceContext:
         registry = ExpertRegistry(
-            settings.experts_dir, settings.router_aggregation, settings.router_fallback_threshold
+            settings.experts_dir,
+            settings.router_aggregation,
+            settings.router_fallback_threshold,
+            settings.router_rule,
+            settings.router_fallback_percentile,
+            settings.routing_layer,
         )
         experts = registry.load_all()
         encoder, workers, on_start = _start_encoder(settings, registry)

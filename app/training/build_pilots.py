@@ -195,3 +195,53 @@ def label_counts(
         labels = label_queries(d.ndcg, d.expert, None if rule == "paper" else margin)
         counts[name] = {label: labels.count(label) for label in sorted(set(labels))}
     return counts
+
+
+def pilot_sets(
+    benchmark: Benchmark, experts: list[str], encoder: LoraEncoder, limit: int
+) -> dict[str, tuple[np.ndarray, int]]:
+    """Each expert's pilot set: the routing features (at `encoder.routing_layer`) of up to
+    `limit` of its domain's TRAIN queries, with how many train queries the domain has."""
+    from app.training.pilots import pilot_queries
+
+    sets = {}
+    for entry in benchmark.experts:
+        if entry.name not in experts or entry.train_qrels is None:
+            continue
+        every = pilot_queries(entry, limit=10**9)
+        sets[entry.name] = (encoder.routing_features(every[:limit]), len(every))
+        log.info("pilot set of %s: %d train queries", entry.name, min(limit, len(every)))
+    return sets
+
+
+def compare_routing(
+    features: dict[int, dict[str, np.ndarray]], limit: int, held_out: float = 0.2
+) -> list[dict[str, Any]]:
+    """Own-expert routing accuracy (fallback counts as a miss) on a held-out slice of each
+    domain's TRAIN queries, pilot sets from the rest: per routing layer, rule and fallback
+    percentile. `features[layer][expert]`: all of a domain's train queries in pilot order."""
+    from app.core.router import build_router
+
+    rows = []
+    for layer, by_expert in sorted(features.items()):
+        held, fit = {}, {}
+        for name, rows_of in by_expert.items():
+            cut = max(1, round(len(rows_of) * held_out))
+            held[name], fit[name] = rows_of[:cut], rows_of[cut:][:limit]
+        for rule in ("learned", "centroid"):
+            for percentile in (None, 0.0, 1.0, 5.0):
+                router = build_router(fit, {}, rule, "mean", -1.0, percentile)
+                accuracy = {
+                    n: float(np.mean([d.expert == n for d in router.route(held[n])]))
+                    for n in sorted(held)
+                }
+                rows.append(
+                    {
+                        "layer": layer,
+                        "rule": rule,
+                        "fallback_percentile": percentile,
+                        "routing_accuracy": round(float(np.mean(list(accuracy.values()))), 4),
+                        "per_domain": {n: round(a, 4) for n, a in accuracy.items()},
+                    }
+                )
+    return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -254,77 +255,59 @@ def register(cli: typer.Typer) -> None:
     @cli.command("build-pilots")
     def build_pilots_command(
         benchmark: Path = typer.Option(None, help="benchmark.json (default: RR_DATASETS_DIR)."),
-        rule: str = typer.Option(
-            "auto", help="paper | tie | centroid | auto (best routed nDCG on held-out TRAIN)"
-        ),
-        margin: float = typer.Option(0.05, help="Tie rule: own expert kept within this nDCG."),
-        k: int = typer.Option(1, help="Centroids per (domain, label) group."),
-        aggregation: str = typer.Option("mean", help="Router aggregation used to calibrate."),
-        percentile: float = typer.Option(5.0, help="Fallback threshold percentile."),
-        max_queries: int = typer.Option(200, help="Train queries scored per domain (cost cap)."),
+        max_queries: int = typer.Option(300, help="Train queries in each expert's pilot set."),
         experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
-        cache_dir: Path = typer.Option(None, help=CACHE_HELP),
         report: Path = typer.Option(Path("reports/pilots.json"), help="Rule comparison output."),
     ) -> None:
-        """Paper Algorithm 1 (+ tie rule) over all experts; writes pilots.npy and thresholds."""
-        import numpy as np
-
+        """Each expert's pilot set: the routing features (at RR_ROUTING_LAYER, at the query
+        precision the server picks) of up to MAX_QUERIES of its domain's TRAIN queries;
+        writes pilots.npy and compares routing layers and rules on held-out TRAIN queries."""
         from app.data.beir import load_benchmark
+        from app.encoder.lora_encoder import LoraEncoder
         from app.experts.artifacts import list_expert_dirs, read_expert, update_pilots
         from app.training import build_pilots as bp
 
         cli_logging()
-        cache_dir = embedding_cache(cache_dir)
-        experts_dir = experts_dir or cli_settings().experts_dir
+        settings = cli_settings()
+        experts_dir = experts_dir or settings.experts_dir
         experts = {p.name: read_expert(p) for p in list_expert_dirs(experts_dir)}
-        encoder = bp.expert_encoder(experts_dir)
-        domains = bp.score_domains(
-            load_benchmark(benchmark_path(benchmark)),
-            sorted(experts),
-            encoder,
-            cache_dir,
-            max_queries,
-        )
-        rules = [("paper", 0.0), ("centroid", 0.0)] + [("tie", m) for m in (0.0, 0.02, 0.05, 0.1)]
-        comparison = bp.compare_rules(domains, rules, k, aggregation)
-        if rule == "auto":  # chosen on train queries only: best routed nDCG, then accuracy
-            best = max(comparison, key=lambda r: (r["routed_ndcg@10"], r["routing_accuracy"]))
-            rule, margin = best["rule"], best["margin"] or 0.0
-        pilots = bp.make_pilots(domains, rule, margin, k)
-        limits = bp.thresholds_for(pilots, domains, aggregation, percentile)
-        for name, expert in experts.items():
-            if name not in domains:
-                continue  # not a benchmark domain: keep the pilots it was registered with
+        bench = load_benchmark(benchmark_path(benchmark))
+        features: dict[int, dict[str, Any]] = {}
+        served: dict[str, tuple[Any, int]] = {}
+        for layer in sorted({settings.routing_layer, 6}):  # 6: the final embedding
+            encoder = LoraEncoder(lambda name: experts_dir / name, routing_layer=layer)
+            precision = encoder.use_precision(settings.precision)
+            sets = bp.pilot_sets(bench, sorted(experts), encoder, 10**9)
+            features[layer] = {name: rows for name, (rows, _) in sets.items()}
+            if layer == settings.routing_layer:
+                served = {n: (rows[:max_queries], total) for n, (rows, total) in sets.items()}
+        for name, (rows, total) in served.items():
             extra = {
-                **expert.spec.extra,
+                **experts[name].spec.extra,
                 "pilots": {
-                    "rule": rule,
-                    "margin": margin,
-                    "k": k,
-                    "aggregation": aggregation,
-                    "threshold_percentile": percentile,
+                    "rule": "set",
+                    "layer": settings.routing_layer,
+                    "precision": precision,
+                    "count": len(rows),
+                    "train_queries": total,
+                    "source": "train qrels, fixed hash order",
                 },
             }
-            update_pilots(expert, pilots[name], fallback_threshold=limits[name], extra=extra)
-        variants_file = variants_path(cache_dir)
-        variants_file.parent.mkdir(parents=True, exist_ok=True)
-        variants = {
-            f"{r}|{n}": p
-            for r in ("paper", "centroid")
-            for n, p in bp.make_pilots(domains, r, 0.0, k).items()
-        }
-        np.savez(variants_file, **variants)  # type: ignore[arg-type]  # numpy stub: allow_pickle
+            update_pilots(experts[name], rows, fallback_threshold=None, extra=extra)
+        comparison = bp.compare_routing(features, max_queries)
         payload = {
-            "chosen": {"rule": rule, "margin": margin, "k": k, "max_queries": max_queries},
+            "chosen": {
+                "layer": settings.routing_layer,
+                "rule": settings.router_rule,
+                "fallback_percentile": settings.router_fallback_percentile,
+                "max_queries": max_queries,
+            },
             "held_out_train_comparison": comparison,
-            "labels_paper": bp.label_counts(domains, "paper", 0.0),
-            "labels_chosen": bp.label_counts(domains, rule, margin),
-            "thresholds": limits,
         }
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(payload, indent=1) + "\n")
         for row in comparison:
-            typer.echo(json.dumps(row))
+            typer.echo(json.dumps({k: v for k, v in row.items() if k != "per_domain"}))
 
 
 def metrics_summary(extra: dict) -> dict:

@@ -26,6 +26,7 @@ import numpy as np
 from app.core.documents import Document
 from app.core.fusion import fuse
 from app.core.hybrid import CANDIDATES, FEATURES, QueryWeights, convex, query_features
+from app.core.legs import Pool
 from app.core.lexical import query_terms
 from app.core.names import BASE_EXPERT
 from app.core.ranking import ndcg_of_ids
@@ -58,22 +59,24 @@ def domain_table(
     k: int = 10,
 ) -> FusionTable:
     """nDCG@k of each query at every weight of GRID, for each encoder in `encoded`."""
-    lexical = index.lexical_search(list(texts), CANDIDATES, with_text=False)
+    lexical = index.lexical_candidates(list(texts), CANDIDATES)
     ndcg, features = {}, {}
     for encoder, vectors in encoded.items():
-        dense = index.search(vectors, CANDIDATES, with_text=False)
+        dense = index.search_candidates(vectors, CANDIDATES)
         table = np.zeros((len(texts), len(GRID)))
         rows = []
         for qi, text in enumerate(texts):
-            dense_list = fuse([(encoder, dense[qi])], CANDIDATES)
+            pool = Pool([dense[qi], lexical[qi]], [encoder])
+            dense_list = fuse(pool, [pool.entries(0, 1)], CANDIDATES)
+            lexical_list = pool.leg(pool.entries(1, 2), CANDIDATES)
             rows.append(
                 [
-                    query_features(dense_list, lexical[qi], len(query_terms(text)))[f]
+                    query_features(dense_list, lexical_list, len(query_terms(text)))[f]
                     for f in FEATURES
                 ]
             )
             for wi, weight in enumerate(GRID):
-                ranked = convex(dense_list, lexical[qi], float(weight), k)
+                ranked = convex(dense_list, lexical_list, float(weight), k)
                 table[qi, wi] = ndcg_of_ids([h.hit.id for h in ranked], relevant[qi], k)
         ndcg[encoder] = table
         features[encoder] = np.asarray(rows, dtype=np.float64)

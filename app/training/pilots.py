@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.core.pilots import centroid_pilots
+
+if TYPE_CHECKING:
+    from app.data.beir import BenchmarkSet
 
 BASE_LABEL = "__base__"  # a query on which no expert beats the base model
 
@@ -60,3 +64,19 @@ def calibrate_threshold(own_scores: np.ndarray, percentile: float = 5.0) -> floa
     """A low percentile of the expert's own training queries' router score: anything less
     similar than nearly all of its own queries is treated as out of domain."""
     return round(float(np.percentile(np.asarray(own_scores, dtype=np.float64), percentile)), 6)
+
+
+def pilot_queries(entry: BenchmarkSet, limit: int = 300, salt: str = "pilots") -> list[str]:
+    """Up to `limit` of a domain's TRAIN queries (those with a judged-relevant document),
+    in a fixed hash order: the expert's pilot set is their routing features."""
+    import hashlib
+
+    from app.data.beir import load_qrels, load_queries, positive_qrels
+
+    if entry.train_qrels is None:
+        return []
+    qrels = positive_qrels(load_qrels(entry.train_qrels))
+    queries = load_queries(entry.directory)
+    ids = [q for q in qrels if queries.get(q, "").strip()]
+    ids.sort(key=lambda q: hashlib.sha1(f"{salt}:{entry.name}:{q}".encode()).hexdigest())
+    return [queries[q] for q in ids[:limit]]
