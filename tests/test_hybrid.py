@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.core.candidates import Candidates
 from app.core.documents import Hit
-from app.core.hybrid import QueryWeights, RankedHit, convex, min_max, rrf, weights_lookup
+from app.core.hybrid import QueryWeights, convex, min_max, rrf, weights_lookup
+from app.core.legs import Leg, Pool
 from app.core.lexical import STOPWORDS, match_expression, query_terms
 from app.errors import NotFound
 from app.index import Document
@@ -95,13 +97,18 @@ def test_store_from_before_hybrid_gets_its_lexical_index(tmp_path: Path) -> None
     reopened.close()
 
 
-def _ranked(scores: dict[str, float]) -> list[RankedHit]:
-    return [RankedHit(Hit(d, s, "i"), s, "e", dense=s) for d, s in scores.items()]
+def _legs(dense: dict[str, float], lexical: list[Hit]) -> tuple[Leg, Leg]:
+    """A dense and a lexical list of one query, ranked (encoder "e")."""
+    found = [Candidates.of_hits([Hit(d, s, "i") for d, s in dense.items()])]
+    pool = Pool([*found, Candidates.of_hits(lexical)], ["e"])
+    return pool.leg(pool.entries(0, 1), 100), pool.leg(pool.entries(1, 2), 100)
 
 
 def test_convex_fusion_weights_and_scores() -> None:
-    dense = _ranked({"a": 0.9, "b": 0.8, "c": 0.1})
-    lexical = [Hit("c", 12.0, "i"), Hit("d", 6.0, "i"), Hit("a", 0.0, "i")]
+    dense, lexical = _legs(
+        {"a": 0.9, "b": 0.8, "c": 0.1},
+        [Hit("c", 12.0, "i"), Hit("d", 6.0, "i"), Hit("a", 0.0, "i")],
+    )
     assert _ids([r.hit for r in convex(dense, lexical, 1.0, 4)])[:3] == ["a", "b", "c"]
     assert _ids([r.hit for r in convex(dense, lexical, 0.0, 4)])[:2] == ["c", "d"]
     fused = {r.hit.id: r for r in convex(dense, lexical, 0.5, 4)}

@@ -176,8 +176,8 @@ def test_id_only_hits_from_the_postings_equal_those_from_the_store(tmp_path: Pat
     keep = postings.rowids != ids[0][0]
     kept_ids = [doc_id for doc_id, kept in zip(postings.ids, keep, strict=True) if kept]
     missing = replace(postings, rowids=postings.rowids[keep], ids=kept_ids)
-    assert index._ids_from_postings(missing, ids) is None
-    assert index._ids_from_postings(postings, ids) is not None
+    assert index._postings_rows(missing, ids) is None
+    assert index._postings_rows(postings, ids) is not None
     index.close()
 
 

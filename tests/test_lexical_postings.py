@@ -122,7 +122,8 @@ def test_postings_serve_only_while_current(tmp_path: Path) -> None:
     [[hit]] = index.lexical_search(["zeppelin"], 10, with_text=False)
     assert hit.id == "fresh"
     _built(index)
-    assert [h[1] for h in index._from_postings(["zeppelin"], 10)[0]] == ["fresh"]
+    [fresh] = index._from_postings(["zeppelin"], 10)
+    assert fresh is not None and [h.id for h in fresh] == ["fresh"]
     index.delete("fresh")
     assert index.lexical_search(["zeppelin"], 10, with_text=False) == [[]]
     index.close()

@@ -23,13 +23,12 @@ from typing import Any, Literal
 import numpy as np
 
 from app.core.documents import Hit
+from app.core.legs import RRF_K, Leg
 from app.core.names import BASE_EXPERT
 
 Mode = Literal["hybrid", "dense", "lexical"]
 Fusion = Literal["convex", "rrf"]
 CANDIDATES = 100  # each leg's depth before fusion
-RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al., 2009)
-DocKey = tuple[str, str]  # (index, document id)
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class RankedHit:
     lexical: float | None = None
 
 
-def min_max(scores: Sequence[float]) -> np.ndarray:
+def min_max(scores: Sequence[float] | np.ndarray) -> np.ndarray:
     values = np.asarray(scores, dtype=np.float64)
     if values.size == 0:
         return values
@@ -51,65 +50,112 @@ def min_max(scores: Sequence[float]) -> np.ndarray:
     return (values - low) / (high - low)
 
 
-def convex(
-    dense: Sequence[RankedHit], lexical: Sequence[Hit], weight: float, k: int
-) -> list[RankedHit]:
+def convex(dense: Leg, lexical: Leg, weight: float, k: int) -> list[RankedHit]:
     """`weight * dense + (1 - weight) * lexical` of min-max normalised scores, top k."""
-    dense_norm = dict(
-        zip(_keys(h.hit for h in dense), min_max([h.score for h in dense]), strict=True)
-    )
-    lexical_norm = dict(zip(_keys(lexical), min_max([h.score for h in lexical]), strict=True))
-    return _merge(
-        dense,
-        lexical,
-        lambda key: weight * dense_norm.get(key, 0.0) + (1 - weight) * lexical_norm.get(key, 0.0),
-        k,
-    )
+    union = _Union.of(dense, lexical)
+    dense_norm = _pick(min_max(dense.scores), union.dense_last, 0.0)
+    lexical_norm = _pick(min_max(lexical.scores), union.lexical_last, 0.0)
+    return _top(dense, lexical, union, weight * dense_norm + (1 - weight) * lexical_norm, k)
 
 
-def rrf(dense: Sequence[RankedHit], lexical: Sequence[Hit], k: int) -> list[RankedHit]:
+def rrf(dense: Leg, lexical: Leg, k: int) -> list[RankedHit]:
     """Reciprocal-rank fusion of the two lists (each already best first)."""
-    ranks: dict[DocKey, float] = {}
-    for order in (list(_keys(h.hit for h in dense)), list(_keys(lexical))):
-        for rank, key in enumerate(order):
-            ranks[key] = ranks.get(key, 0.0) + 1.0 / (RRF_K + rank + 1)
-    return _merge(dense, lexical, lambda key: ranks[key], k)
+    union = _Union.of(dense, lexical)
+    ranks = np.concatenate([np.arange(len(dense)), np.arange(len(lexical))])
+    return _top(dense, lexical, union, union.sums(1.0 / (RRF_K + ranks + 1)), k)
 
 
-def _keys(hits: Any) -> list[DocKey]:
-    return [(h.index, h.id) for h in hits]
+@dataclass(frozen=True)
+class _Union:
+    """Both lists' documents, each once: the dense list's in its order, then the lexical
+    list's others in theirs; for each, its first and last position on each list (-1: not
+    on it). A document's first hit on a leg is the one kept, as before arrays."""
+
+    dense_first: np.ndarray
+    dense_last: np.ndarray
+    lexical_first: np.ndarray
+    lexical_last: np.ndarray
+    _order: np.ndarray  # the occurrences (dense, then lexical) by document, then position
+    _document: np.ndarray  # of each occurrence in that order: its document (sorted by key)
+    _seen: np.ndarray  # the documents (sorted by key) in union order
+
+    @classmethod
+    def of(cls, dense: Leg, lexical: Leg) -> _Union:
+        n_dense = len(dense)
+        keys = np.concatenate([dense.keys, lexical.keys])
+        if not len(keys):
+            none = np.zeros(0, dtype=np.int64)
+            return cls(none, none, none, none, none, none, none)
+        order = np.argsort(keys, kind="stable")  # one document's occurrences together
+        ordered = keys[order]
+        new = np.empty(len(keys), dtype=bool)
+        new[0], new[1:] = True, ordered[1:] != ordered[:-1]
+        starts = np.flatnonzero(new)
+        on_dense = order < n_dense
+        past = len(keys)  # a position on neither list
+        dense_first = np.minimum.reduceat(np.where(on_dense, order, past), starts)
+        dense_last = np.maximum.reduceat(np.where(on_dense, order, -1), starts)
+        lexical_first = np.minimum.reduceat(np.where(on_dense, past, order - n_dense), starts)
+        lexical_last = np.maximum.reduceat(np.where(on_dense, -1, order - n_dense), starts)
+        dense_first[dense_first == past] = -1
+        lexical_first[lexical_first == past] = -1
+        seen = np.argsort(np.where(dense_first >= 0, dense_first, n_dense + lexical_first))
+        return cls(
+            dense_first[seen],
+            dense_last[seen],
+            lexical_first[seen],
+            lexical_last[seen],
+            order,
+            np.cumsum(new) - 1,
+            seen,
+        )
+
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """Per document, the sum of `values` (one per occurrence: dense, then lexical)
+        added in that order, as a running sum would (bincount adds one at a time)."""
+        if not len(values):
+            return values
+        totals = np.bincount(self._document, weights=values[self._order])
+        return totals[self._seen]
 
 
-def _merge(dense: Sequence[RankedHit], lexical: Sequence[Hit], score: Any, k: int) -> list:
-    """Union of both lists, each document once (its first hit on each leg), ranked by
-    `score(key)`; ties keep dense order, then lexical order. Only the top k become
-    `RankedHit`s: this runs for every hybrid query, over up to 200 candidates."""
-    on_dense: dict[DocKey, int] = {}
-    order: list[DocKey] = []
-    for position, item in enumerate(dense):
-        key = (item.hit.index, item.hit.id)
-        if key not in on_dense:
-            on_dense[key] = position
-            order.append(key)
-    on_lexical: dict[DocKey, int] = {}
-    for position, hit in enumerate(lexical):
-        key = (hit.index, hit.id)
-        if key not in on_lexical:
-            on_lexical[key] = position
-            if key not in on_dense:
-                order.append(key)
-    top = sorted(((score(key), key) for key in order), key=lambda pair: -pair[0])[:k]
-    expert = dense[0].expert if dense else ""
-    out = []
-    for fused, key in top:
-        lexical_score = lexical[on_lexical[key]].score if key in on_lexical else None
-        if key in on_dense:
-            item = dense[on_dense[key]]
-            out.append(RankedHit(item.hit, float(fused), item.expert, item.score, lexical_score))
-        else:
-            hit = lexical[on_lexical[key]]
-            out.append(RankedHit(hit, float(fused), expert, None, lexical_score))
-    return out
+def _pick(values: np.ndarray, at: np.ndarray, missing: float) -> np.ndarray:
+    """values[at], `missing` where at is -1 (a document not on that list)."""
+    if not len(values):
+        return np.full(len(at), missing)
+    return np.where(at >= 0, values[at], missing)
+
+
+def _top(dense: Leg, lexical: Leg, union: _Union, fused: np.ndarray, k: int) -> list[RankedHit]:
+    """The top k of `union` by `fused` (ties keep union order) as `RankedHit`s: the only
+    objects fusion builds."""
+    top = np.argsort(-fused, kind="stable")[:k]
+    on_dense, on_lexical = union.dense_first[top], union.lexical_first[top]
+    entries = np.where(
+        on_dense >= 0, _pick(dense.entries, on_dense, 0), _pick(lexical.entries, on_lexical, 0)
+    ).astype(np.int64)
+    names = dense.pool.experts
+    lead = dense.expert(0) if len(dense) else ""
+    experts = _pick(dense.experts, on_dense, 0).astype(np.int64).tolist()
+    return [
+        RankedHit(
+            hit,
+            score,
+            names[expert] if d >= 0 else lead,
+            dense_score if d >= 0 else None,
+            lexical_score if lx >= 0 else None,
+        )
+        for hit, score, d, lx, expert, dense_score, lexical_score in zip(
+            dense.pool.hits(entries),
+            fused[top].tolist(),
+            on_dense.tolist(),
+            on_lexical.tolist(),
+            experts,
+            _pick(dense.scores, on_dense, 0.0).tolist(),
+            _pick(lexical.scores, on_lexical, 0.0).tolist(),
+            strict=True,
+        )
+    ]
 
 
 # -- the dense weight per query ----------------------------------------------------------
@@ -117,9 +163,7 @@ def _merge(dense: Sequence[RankedHit], lexical: Sequence[Hit], score: Any, k: in
 FEATURES = ("dense_top", "dense_spread", "lexical_share", "terms")
 
 
-def query_features(
-    dense: Sequence[RankedHit], lexical: Sequence[Hit], terms: int
-) -> dict[str, float]:
+def query_features(dense: Leg, lexical: Leg, terms: int) -> dict[str, float]:
     """Evidence a query carries about which leg to trust, from its two raw lists.
 
     - dense_top: the best dense cosine; dense_spread: best minus tenth-best cosine;
@@ -127,8 +171,8 @@ def query_features(
       matched, via BM25 per term (best score / terms, squashed);
     - terms: log(1 + number of query terms).
     """
-    cosines = [h.score for h in dense[:10]]
-    per_term = (lexical[0].score / terms) if (lexical and terms) else 0.0
+    cosines = dense.scores[:10].tolist()
+    per_term = (float(lexical.scores[0]) / terms) if (len(lexical) and terms) else 0.0
     return {
         "dense_top": cosines[0] if cosines else 0.0,
         "dense_spread": (cosines[0] - cosines[-1]) if cosines else 0.0,

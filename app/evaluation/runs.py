@@ -19,7 +19,8 @@ from functools import cached_property
 
 import numpy as np
 
-from app.core.documents import Document, Hit
+from app.core.candidates import Candidates
+from app.core.documents import Document
 from app.core.fusion import rank_query
 from app.core.hybrid import Fusion, Mode, QueryWeights
 from app.core.planning import (
@@ -72,25 +73,25 @@ def core_run(
     """The gateway's search and fusion of `dataset`'s queries (`plans[i]`: the encoders of
     query i) over `indexes`; a document of another domain's index is namespaced
     (`domain::id`: never relevant here). `weights`: hybrid's dense weights."""
-    lists: dict[Key, list[Hit]] = {}
+    lists: dict[Key, list[Candidates]] = {}
     for name, keys in search_jobs(plans, options, indexes, choose_targets).items():
         if name not in indexes:  # an encoder without an index (multitask) finds nothing
             continue
         vectors = np.stack([dataset.encoded[encoder][qi] for qi, encoder in keys])
-        found = indexes[name].search(vectors, options.dense_depth, with_text=False)
-        for key, hits in zip(keys, found, strict=True):
-            lists.setdefault(key, []).extend(hits)
-    lexical: dict[int, list[Hit]] = {}
+        found = indexes[name].search_candidates(vectors, options.dense_depth)
+        for key, candidates in zip(keys, found, strict=True):
+            lists.setdefault(key, []).append(candidates)
+    lexical: dict[int, list[Candidates]] = {}
     for name, positions in lexical_jobs(plans, options, indexes).items():
         if name not in indexes:
             continue
         texts = [dataset.query_texts[qi] for qi in positions]
-        for qi, hits in zip(
+        for qi, candidates in zip(
             positions,
-            indexes[name].lexical_search(texts, options.lexical_depth, False),
+            indexes[name].lexical_candidates(texts, options.lexical_depth),
             strict=True,
         ):
-            lexical.setdefault(qi, []).extend(hits)
+            lexical.setdefault(qi, []).append(candidates)
     ranked_lists = [
         rank_query(
             dataset.query_texts[qi],

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from app.core.candidates import Candidates
 from app.core.documents import Document, Hit
 
 
@@ -38,6 +39,20 @@ class VectorIndex(Protocol):
     ) -> list[list[Hit]]:
         """Top-k hits per query text by BM25 (`app.index.lexical`), best first; the same
         documents as the vector search: each is in both or in neither."""
+        ...
+
+    def search_candidates(
+        self, queries: np.ndarray, k: int, with_text: bool = False
+    ) -> list[Candidates]:
+        """`search` as rows and scores per query (hits built only when read): what ranking
+        and fusion work on."""
+        ...
+
+    def lexical_candidates(
+        self, queries: Sequence[str], k: int, with_text: bool = False
+    ) -> list[Candidates]:
+        """`lexical_search` as rows and scores per query (`HitSource.space` says when both
+        legs' rows name the same documents)."""
         ...
 
     def fetch(self, doc_ids: Sequence[str]) -> dict[str, Hit]:

@@ -22,10 +22,11 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
+from app.core.candidates import Candidates, DocumentTable
 from app.core.documents import Document, Hit
 from app.core.text import not_utf8, repaired
 from app.errors import NotFound, StorageFull
@@ -457,28 +458,31 @@ class ExpertIndex:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def search(
-        self, queries: np.ndarray, k: int, with_text: bool = True, retry: bool = True
-    ) -> list[list[Hit]]:
+    def search(self, queries: np.ndarray, k: int, with_text: bool = True) -> list[list[Hit]]:
         """Top-k hits per query row, best first."""
+        return [found.hits() for found in self.search_candidates(queries, k, with_text)]
+
+    def search_candidates(
+        self, queries: np.ndarray, k: int, with_text: bool = False, retry: bool = True
+    ) -> list[Candidates]:
+        """`search` as rows and scores; hits are built when read."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
             self._check_open()
             if self._index.ntotal == 0:
-                return [[] for _ in range(len(queries))]
+                return [Candidates.none(DocumentTable(self.name, ())) for _ in queries]
             scores, ids = self._searchable.search(queries, min(k, int(self._index.ntotal)))
             # Read with the FAISS answer: postings current now know every row FAISS holds.
             postings = None if with_text else self._current_postings()
-        if postings is not None and (named := self._ids_from_postings(postings, ids)):
+        widened = scores.astype(np.float64)  # float32 cosines, exactly
+        found = ids >= 0
+        if postings is not None and (positions := self._postings_rows(postings, ids)) is not None:
+            table = DocumentTable(self.name, postings.ids, space=postings)
             return [
-                [
-                    Hit(doc_id, float(score), self.name)
-                    for score, doc_id in zip(score_row.tolist(), id_row, strict=True)
-                    if doc_id is not None
-                ]
-                for score_row, id_row in zip(scores, named, strict=True)
+                Candidates(row[ok], score[ok], table)
+                for row, score, ok in zip(positions, widened, found, strict=True)
             ]
-        wanted = {int(i) for i in ids.ravel() if i >= 0}
+        wanted = set(ids[found].tolist())
         with self._reading() as db:
             records = self._fetch(db, wanted, with_text)
         if retry and len(records) < len(wanted):
@@ -486,19 +490,27 @@ class ExpertIndex:
             # document has a new row): once it has landed in FAISS too, search again.
             with self._write_lock:
                 pass
-            return self.search(queries, k, with_text, retry=False)
+            return self.search_candidates(queries, k, with_text, retry=False)
+        table = self._table_of(list(records.values()), with_text)
+        rows, kept = _positions(np.fromiter(records, dtype=np.int64, count=len(records)), ids)
         return [
-            [
-                self._hit(records[int(i)], float(s), with_text)
-                for s, i in zip(score_row, id_row, strict=True)
-                if int(i) in records
-            ]
-            for score_row, id_row in zip(scores, ids, strict=True)
+            Candidates(row[ok], score[ok], table)
+            for row, score, ok in zip(rows, widened, kept, strict=True)
         ]
 
+    def _table_of(self, records: list[tuple], with_text: bool) -> DocumentTable:
+        """Stored rows (rowid, id[, title, text, metadata]) as a table: row r is records[r],
+        its hit made when read."""
+        ids = [record[1] for record in records]
+        if not with_text:
+            return DocumentTable(self.name, ids)
+        return DocumentTable(
+            self.name, ids, make_hit=lambda row, score: self._hit(records[row], score, True)
+        )
+
     @staticmethod
-    def _ids_from_postings(postings: lexical_postings.Postings, ids: np.ndarray) -> list | None:
-        """Document ids of FAISS's row ids from the postings' id table, without SQL (hybrid's
+    def _postings_rows(postings: lexical_postings.Postings, ids: np.ndarray) -> np.ndarray | None:
+        """FAISS's row ids as positions in the postings' id table, without SQL (hybrid's
         dense leg asks 100 per query); None when a row is missing there (a delete landing
         now): SQL answers instead, exactly as without the shortcut."""
         flat = ids.ravel()
@@ -508,13 +520,7 @@ class ExpertIndex:
         positions = np.minimum(np.searchsorted(postings.rowids, flat), len(postings.rowids) - 1)
         if not np.array_equal(postings.rowids[positions[found]], flat[found]):
             return None
-        names = postings.ids
-        position_rows: list[list[int]] = positions.reshape(ids.shape).tolist()
-        found_rows = cast(list[list[bool]], found.reshape(ids.shape).tolist())
-        return [
-            [names[p] if ok else None for p, ok in zip(row_pos, row_ok, strict=True)]
-            for row_pos, row_ok in zip(position_rows, found_rows, strict=True)
-        ]
+        return positions.reshape(ids.shape)
 
     def _current_postings(self) -> lexical_postings.Postings | None:
         postings = self._postings
@@ -529,6 +535,12 @@ class ExpertIndex:
     def lexical_search(
         self, queries: Sequence[str], k: int, with_text: bool = True
     ) -> list[list[Hit]]:
+        """Top-k hits per query text by BM25, best first."""
+        return [found.hits() for found in self.lexical_candidates(queries, k, with_text)]
+
+    def lexical_candidates(
+        self, queries: Sequence[str], k: int, with_text: bool = False
+    ) -> list[Candidates]:
         """BM25 from the in-memory postings where current, else FTS5; on this thread's own
         read connection: WAL readers see the last committed state and never wait for the
         writer or for other searches (SQLite runs FTS5 without the GIL), so lexical searches
@@ -538,18 +550,34 @@ class ExpertIndex:
         with self._reading() as db:
             if with_text:  # the postings ranked them: their text from the store
                 fast = self._with_rows(db, fast)
-            rest = [q for q, hits in zip(queries, fast, strict=True) if hits is None]
-            exact = iter(lexical.search(db, rest, k, columns) if rest else [])
-        found = [next(exact) if hits is None else hits for hits in fast]
-        return [[self._hit(row[:-1], row[-1], with_text) for row in hits] for hits in found]
+            rest = [q for q, found in zip(queries, fast, strict=True) if found is None]
+            exact = lexical.search(db, rest, k, columns) if rest else []
+        records = [row[:-1] for rows in exact for row in rows]
+        table = self._table_of(records, with_text)
+        answered = iter(exact)
+        start = 0
+        out = []
+        for found in fast:
+            if found is None:
+                rows = next(answered)
+                found = Candidates(
+                    np.arange(start, start + len(rows), dtype=np.int64),
+                    np.array([row[-1] for row in rows], dtype=np.float64),
+                    table,
+                )
+                start += len(rows)
+            out.append(found)
+        return out
 
-    @staticmethod
     def _with_rows(
-        db: sqlite3.Connection, ranked: list[list[tuple] | None]
-    ) -> list[list[tuple] | None]:
-        """(rowid, id, score) hits as (rowid, id, title, text, metadata, score) rows; None
-        for a query whose hit rows a write replaced meanwhile (FTS5 answers it instead)."""
-        wanted = sorted({hit[0] for hits in ranked if hits for hit in hits})
+        self, db: sqlite3.Connection, ranked: list[Candidates | None]
+    ) -> list[Candidates | None]:
+        """Postings-ranked candidates as rows of the store (their text read); None for a
+        query whose rows a write replaced meanwhile (FTS5 answers it instead)."""
+        postings = next((c.source.space for c in ranked if c is not None), None)
+        if not isinstance(postings, lexical_postings.Postings):
+            return ranked
+        wanted = sorted({int(postings.rowids[row]) for c in ranked if c for row in c.rows})
         stored: dict[int, tuple] = {}
         for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
             part = wanted[start : start + 500]
@@ -559,24 +587,31 @@ class ExpertIndex:
                 part,
             ):
                 stored[row[0]] = row
-        return [
-            None
-            if hits is None or any(hit[0] not in stored for hit in hits)
-            else [(*stored[hit[0]], hit[2]) for hit in hits]
-            for hits in ranked
-        ]
+        table = self._table_of(list(stored.values()), with_text=True)
+        position = {rowid: at for at, rowid in enumerate(stored)}
+        out: list[Candidates | None] = []
+        for found in ranked:
+            rowids = [] if found is None else postings.rowids[found.rows].tolist()
+            if found is None or any(rowid not in position for rowid in rowids):
+                out.append(None)
+                continue
+            rows = np.array([position[rowid] for rowid in rowids], dtype=np.int64)
+            out.append(Candidates(rows, found.scores, table))
+        return out
 
-    def _from_postings(self, queries: Sequence[str], k: int) -> list[list[tuple] | None]:
-        """Each query's (rowid, id, score) hits from the in-memory postings, or None where
-        FTS5 must answer (no current postings, a term that is not one token, an error)."""
+    def _from_postings(self, queries: Sequence[str], k: int) -> list[Candidates | None]:
+        """Each query's candidates from the in-memory postings, or None where FTS5 must
+        answer (no current postings, a term that is not one token, an error)."""
         postings = self._current_postings()
         if postings is None:
             return [None] * len(queries)
+        table = DocumentTable(self.name, postings.ids, space=postings)
         try:
-            return [postings.search(query, k) for query in queries]
+            ranked = [postings.rank(query, k) for query in queries]
         except Exception as exc:  # the exact path answers; this shortcut is off from now on
             self.shortcuts.failed(LEXICAL_POSTINGS, exc)
             return [None] * len(queries)
+        return [None if found is None else Candidates(*found, table) for found in ranked]
 
     @contextmanager
     def _reading(self, own: bool = False) -> Iterator[sqlite3.Connection]:
@@ -684,6 +719,16 @@ class _Debounced:
         with self._guard:
             if self._timer is not None:
                 self._timer.cancel()
+
+
+def _positions(stored: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of `ids` is in `stored` (row ids, any order), and whether it is there
+    (FAISS's -1, or a row deleted since the search, is not)."""
+    if not len(stored):
+        return np.zeros(ids.shape, dtype=np.int64), np.zeros(ids.shape, dtype=bool)
+    order = np.argsort(stored)
+    at = order[np.minimum(np.searchsorted(stored, ids, sorter=order), len(stored) - 1)]
+    return at, stored[at] == ids
 
 
 def _roll_back(db: sqlite3.Connection) -> None:

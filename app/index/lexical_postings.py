@@ -53,6 +53,17 @@ class Postings:
     def search(self, query: str, k: int) -> list[tuple[int, str, float]] | None:
         """FTS5's top k for `query` as (rowid, id, score), best first; None when a term is
         not a single token (FTS5 would match it as a phrase: it answers instead)."""
+        ranked = self.rank(query, k)
+        if ranked is None:
+            return None
+        positions, scores = ranked
+        return [
+            (int(self.rowids[p]), self.ids[p], score)
+            for p, score in zip(positions.tolist(), scores.tolist(), strict=True)
+        ]
+
+    def rank(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """`search` as arrays: (positions in this table, float64 scores), best first."""
         phrases = [_stem(term) for term in query_terms(query)]
         if any(p is None for p in phrases):
             return None
@@ -68,15 +79,17 @@ class Postings:
                 scores = np.zeros(len(self.rowids))
             scores[positions] += idf * (tf * (K1 + 1)) / (tf + self.norm[positions])
         if scores is None:
-            return []
+            return _NOTHING
         matched = np.flatnonzero(scores)
         if len(matched) > k:
             # Keep every document tied with the k-th score, then order exactly.
             kth = np.partition(scores[matched], len(matched) - k)[len(matched) - k]
             matched = matched[scores[matched] >= kth]
-        order = np.lexsort((self.rowids[matched], -scores[matched]))[:k]
-        best = matched[order]
-        return [(int(self.rowids[i]), self.ids[i], float(scores[i])) for i in best]
+        best = matched[np.lexsort((self.rowids[matched], -scores[matched]))[:k]]
+        return best.astype(np.int64), scores[best]
+
+
+_NOTHING = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
 
 
 def build(db: sqlite3.Connection, generation: int) -> Postings:

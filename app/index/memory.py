@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from app.core.candidates import Candidates, DocumentTable
 from app.core.documents import Document, Hit
 from app.core.ranking import top_k
 from app.index import lexical
@@ -28,6 +30,7 @@ class MemoryIndex:
             "UNIQUE, title TEXT NOT NULL, text TEXT NOT NULL)"
         )
         lexical.attach(self._db)
+        self._tables: _Tables | None = None  # of the documents as they are now
 
     @classmethod
     def of_vectors(
@@ -58,6 +61,7 @@ class MemoryIndex:
         self._documents = {doc_id: self._documents[doc_id] for doc_id in kept_ids}
         self._documents.update({doc_id: documents[i] for doc_id, i in latest.items()})
         self._matrix = np.concatenate([self._matrix[keep], embeddings[list(latest.values())]])
+        self._tables = None
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM docs WHERE id=?", [(d,) for d in latest])
@@ -73,30 +77,61 @@ class MemoryIndex:
         row = list(self._documents).index(doc_id)
         del self._documents[doc_id]
         self._matrix = np.delete(self._matrix, row, axis=0)
+        self._tables = None
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM docs WHERE id=?", (doc_id,))
         return True
 
     def search(self, queries: np.ndarray, k: int, with_text: bool = True) -> list[list[Hit]]:
+        return [found.hits() for found in self.search_candidates(queries, k, with_text)]
+
+    def search_candidates(
+        self, queries: np.ndarray, k: int, with_text: bool = False
+    ) -> list[Candidates]:
         queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        tables = self._current_tables()
+        table = tables.with_text if with_text else tables.ids_only
         if not self._documents:
-            return [[] for _ in range(len(queries))]
+            return [Candidates.none(table) for _ in range(len(queries))]
         rows, scores = top_k(queries, self._matrix, k)
-        docs = list(self._documents.values())
-        return [
-            [self._hit(docs[r], float(s), with_text) for r, s in zip(rr, ss, strict=True)]
-            for rr, ss in zip(rows, scores, strict=True)
-        ]
+        rows, widened = rows.astype(np.int64), scores.astype(np.float64)
+        return [Candidates(r, s, table) for r, s in zip(rows, widened, strict=True)]
 
     def lexical_search(
         self, queries: Sequence[str], k: int, with_text: bool = True
     ) -> list[list[Hit]]:
-        found = lexical.search(self._db, queries, k, columns="d.id")
+        return [found.hits() for found in self.lexical_candidates(queries, k, with_text)]
+
+    def lexical_candidates(
+        self, queries: Sequence[str], k: int, with_text: bool = False
+    ) -> list[Candidates]:
+        tables = self._current_tables()
+        table = tables.with_text if with_text else tables.ids_only
         return [
-            [self._hit(self._documents[doc_id], score, with_text) for doc_id, score in hits]
-            for hits in found
+            Candidates(
+                np.array([tables.position[doc_id] for doc_id, _ in hits], dtype=np.int64),
+                np.array([score for _, score in hits], dtype=np.float64),
+                table,
+            )
+            for hits in lexical.search(self._db, queries, k, columns="d.id")
         ]
+
+    def _current_tables(self) -> _Tables:
+        if self._tables is None:
+            docs = list(self._documents.values())
+            ids = list(self._documents)
+            space = object()  # these rows, until the next write
+
+            def with_text(row: int, score: float) -> Hit:
+                return self._hit(docs[row], score, True)
+
+            self._tables = _Tables(
+                {doc_id: row for row, doc_id in enumerate(ids)},
+                DocumentTable(self.name, ids, space),
+                DocumentTable(self.name, ids, space, with_text),
+            )
+        return self._tables
 
     def fetch(self, doc_ids: Sequence[str]) -> dict[str, Hit]:
         return {
@@ -110,3 +145,12 @@ class MemoryIndex:
 
     def get(self, doc_id: str) -> Document | None:
         return self._documents.get(doc_id)
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """The documents as rows (matrix order): one numbering for both legs."""
+
+    position: dict[str, int]  # document id -> row
+    ids_only: DocumentTable
+    with_text: DocumentTable

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from app.core.candidates import Candidates
 from app.encoder.base import Chooser, QueryEncoder, RoutedPass
 from app.errors import EncoderFailed, ServiceError
-from app.index import Hit, IndexStore
+from app.index import IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -117,24 +118,28 @@ def _guarded(rows: int, call: Any) -> Any:
 
 
 def search_batch(indexes: IndexStore):
-    def run(jobs: Sequence[SearchJob]) -> list[list[list[Hit]]]:
+    """One search per (index, leg, text) group of the batch's jobs, one after another (a
+    thread per index measured slower in the service: reports/hybrid.md); each job's answer
+    is one `Candidates` per query row (rows and scores: hits are built when read)."""
+
+    def run(jobs: Sequence[SearchJob]) -> list[list[Candidates]]:
         groups: dict[tuple[str, bool, bool], list[int]] = defaultdict(list)
         for i, job in enumerate(jobs):
             groups[(job.index, job.with_text, job.lexical)].append(i)
-        results: list[list[list[Hit]]] = [[] for _ in jobs]
+        results: list[list[Candidates]] = [[] for _ in jobs]
         for (name, with_text, lexical), members in groups.items():
             index = indexes.get(name)
             k = max(jobs[i].k for i in members)
             if lexical:
                 texts = [t for i in members for t in jobs[i].texts or ()]
-                hits = index.lexical_search(texts, k, with_text)
+                found = index.lexical_candidates(texts, k, with_text)
             else:
                 vectors = np.concatenate([jobs[i].vectors for i in members])
-                hits = index.search(vectors, k, with_text)
+                found = index.search_candidates(vectors, k, with_text)
             start = 0
             for i in members:
                 n = len(jobs[i])
-                results[i] = [row[: jobs[i].k] for row in hits[start : start + n]]
+                results[i] = [row[: jobs[i].k] for row in found[start : start + n]]
                 start += n
         return results
 
