@@ -58,7 +58,7 @@ def test_register_upload_search_delete_restart(fake_settings, lora_a, lora_b) ->
         expected = float(np.dot(query["embedding"], doc))
         assert body["hits"][0]["dense_score"] == pytest.approx(expected, abs=1e-5)
         listing = {e["name"]: e for e in client.get("/v1/experts").json()["experts"]}
-        assert listing["code"]["documents"] == 2 and listing["aero"]["pilot_count"] == 3  # one per example query
+        assert listing["code"]["documents"] == 2 and listing["aero"]["pilot_count"] == 3
         assert listing["code"]["resident"] and listing["code"]["resident_bytes"] > 0
         assert client.get("/readyz").json() == {
             "status": "ready",
