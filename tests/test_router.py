@@ -78,6 +78,31 @@ def test_learned_rule_is_deterministic_and_beats_centroids_where_they_fail() -> 
     assert strict.route(far.astype(np.float32))[0].fallback
 
 
+def test_learned_rule_with_two_pilots_each_routes_like_nearest_centroid() -> None:
+    """An operator may register experts with two pilot queries each: in 384 dimensions the
+    fit must not overfit six rows (it once sent every query to one expert)."""
+    from app.core.router import build_router
+
+    rng = np.random.default_rng(1)
+    dim = 384
+    centres = rng.normal(size=(3, dim))
+    # Dimensions differ in spread, as hidden states do: a few rows estimate them badly.
+    spread = np.exp(rng.normal(size=dim))
+
+    def near(centre: int, n: int) -> np.ndarray:
+        return (centres[centre] + 0.4 * spread * rng.normal(size=(n, dim))).astype(np.float32)
+
+    pilots = {name: near(i, 2) for i, name in enumerate("abc")}
+    learned = build_router(pilots, {}, "learned", threshold=-1.0)
+    centroid = build_router(pilots, {}, "centroid", threshold=-1.0)
+    queries = np.concatenate([near(i, 20) for i in range(3)])
+    truth = [name for name in "abc" for _ in range(20)]
+    learned_hits = np.mean([d.expert == t for d, t in zip(learned.route(queries), truth)])
+    centroid_hits = np.mean([d.expert == t for d, t in zip(centroid.route(queries), truth)])
+    assert centroid_hits >= 0.9  # the case is easy ...
+    assert learned_hits >= centroid_hits - 0.05  # ... and the fit keeps it so
+
+
 def test_registry_refits_on_change_and_skips_pilots_of_another_layer(tmp_path) -> None:
     from safetensors.numpy import save
 
