@@ -18,7 +18,7 @@ import pytest
 from app.core.candidates import Candidates, DocumentTable
 from app.core.documents import Document, Hit
 from app.core.fusion import rank_query
-from app.core.hybrid import QueryWeights, RankedHit
+from app.core.hybrid import QueryWeights, RankedHit, min_max
 from app.core.lexical import query_terms
 from app.core.planning import SearchOptions
 from app.index.expert_index import ExpertIndex
@@ -31,16 +31,6 @@ WEIGHTS = QueryWeights(
 RRF_K = 60
 
 # -- the oracle: the object-based code, as it was ---------------------------------------
-
-
-def _min_max(scores: list[float]) -> np.ndarray:
-    values = np.asarray(scores, dtype=np.float64)
-    if values.size == 0:
-        return values
-    low, high = float(values.min()), float(values.max())
-    if high - low <= 1e-12:
-        return np.ones_like(values)
-    return (values - low) / (high - low)
 
 
 def _fuse(lists: list[tuple[str, list[Hit]]], k: int) -> list[RankedHit]:
@@ -93,9 +83,9 @@ def _merge(dense: list[RankedHit], lexical: list[Hit], score, k: int) -> list[Ra
 
 def _convex(dense: list[RankedHit], lexical: list[Hit], weight: float, k: int) -> list:
     keys = [(h.hit.index, h.hit.id) for h in dense]
-    dense_norm = dict(zip(keys, _min_max([h.score for h in dense]), strict=True))
+    dense_norm = dict(zip(keys, min_max([h.score for h in dense]), strict=True))
     lexical_keys = [(h.index, h.id) for h in lexical]
-    lexical_norm = dict(zip(lexical_keys, _min_max([h.score for h in lexical]), strict=True))
+    lexical_norm = dict(zip(lexical_keys, min_max([h.score for h in lexical]), strict=True))
     return _merge(
         dense,
         lexical,

@@ -97,8 +97,12 @@ def test_learned_rule_with_two_pilots_each_routes_like_nearest_centroid() -> Non
     centroid = build_router(pilots, {}, "centroid", threshold=-1.0)
     queries = np.concatenate([near(i, 20) for i in range(3)])
     truth = [name for name in "abc" for _ in range(20)]
-    learned_hits = np.mean([d.expert == t for d, t in zip(learned.route(queries), truth)])
-    centroid_hits = np.mean([d.expert == t for d, t in zip(centroid.route(queries), truth)])
+    learned_hits = np.mean(
+        [d.expert == t for d, t in zip(learned.route(queries), truth, strict=True)]
+    )
+    centroid_hits = np.mean(
+        [d.expert == t for d, t in zip(centroid.route(queries), truth, strict=True)]
+    )
     assert centroid_hits >= 0.9  # the case is easy ...
     assert learned_hits >= centroid_hits - 0.05  # ... and the fit keeps it so
 
