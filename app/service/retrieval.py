@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.candidates import Candidates
 from app.core.fusion import RankedHit, rank_query
 from app.core.names import AUTO, BASE_EXPERT, check_name
 from app.core.planning import (
@@ -384,7 +385,7 @@ class RetrievalService:
         # The lexical leg needs only the plans: it starts as soon as routing has decided
         # (inside the routed pass) and runs during the expert layers. Never after the
         # request ended: a leg scheduled from the worker then is not started.
-        lexical: list[asyncio.Task[dict[int, list[Hit]]]] = []
+        lexical: list[asyncio.Task[dict[int, list[Candidates]]]] = []
 
         def start_lexical(plans: list[Plan]) -> None:
             if not lexical and not lease.closed:
@@ -472,17 +473,19 @@ class RetrievalService:
 
     async def _lexical_lists(
         self, queries: Sequence[str], plans: list[Plan], options: SearchOptions
-    ) -> dict[int, list[Hit]]:
-        """Each query's BM25 hits from the indexes its lexical leg searches (one BM25 call
-        per index)."""
+    ) -> dict[int, list[Candidates]]:
+        """Each query's BM25 candidates from each index its lexical leg searches (one BM25
+        call per index)."""
         jobs = lexical_jobs(plans, options, self.indexes.names())
         found = await asyncio.gather(
             *(self._search_lexical(n, qis, queries, options) for n, qis in jobs.items())
         )
-        lists: dict[int, list[Hit]] = {}
+        lists: dict[int, list[Candidates]] = {}
         for result in found:
-            for qi, hits in result.items():
-                lists.setdefault(qi, []).extend(hits)
+            for qi, candidates in result.items():
+                # Kept as arrays (extend would build a Hit for every candidate): ranking
+                # reads them as they are and builds only the top k.
+                lists.setdefault(qi, []).append(candidates)
         return lists
 
     async def _search_plans(
@@ -491,7 +494,7 @@ class RetrievalService:
         plans: list[Plan],
         vectors: dict[Key, np.ndarray],
         options: SearchOptions,
-        lexical: asyncio.Task[dict[int, list[Hit]]],
+        lexical: asyncio.Task[dict[int, list[Candidates]]],
     ) -> list[list[RankedHit]]:
         # The core groups every (query, expert) vector by the index it searches (one batched
         # FAISS call per index); with the lexical lists, the core then ranks each query.
@@ -509,10 +512,10 @@ class RetrievalService:
             lexical.cancel()
             raise
         lexical_lists = await lexical
-        dense_lists: dict[Key, list[Hit]] = {}
+        dense_lists: dict[Key, list[Candidates]] = {}
         for result in found:
-            for key, hits in result.items():
-                dense_lists.setdefault(key, []).extend(hits)
+            for key, candidates in result.items():
+                dense_lists.setdefault(key, []).append(candidates)  # as arrays (see above)
         ranked = [
             rank_query(
                 queries[qi],
@@ -558,7 +561,7 @@ class RetrievalService:
         vectors: dict[Key, np.ndarray],
         options: SearchOptions,
         with_text: bool,
-    ) -> dict[Key, list[Hit]]:
+    ) -> dict[Key, Candidates]:
         try:
             self.indexes.get(name)
             job = SearchJob(
@@ -573,7 +576,7 @@ class RetrievalService:
 
     async def _search_lexical(
         self, name: str, positions: list[int], queries: Sequence[str], options: SearchOptions
-    ) -> dict[int, list[Hit]]:
+    ) -> dict[int, Candidates]:
         try:
             self.indexes.get(name)
             job = SearchJob(
