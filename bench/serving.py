@@ -5,7 +5,9 @@ repeat), driven by `bench.loadgen` with the mixed test queries of all expert dom
 concurrency; the gateway is stopped before the next one starts. Variants (`bench.variants`):
 
     a  routed search          /v1/search mode=dense, the shipped experts (layers 4-5)
-    c  base only              /v1/search expert=base mode=dense, one index pinned
+    c  base only              /v1/search expert=base mode=dense, each query on its own
+                              domain's index (the index routed search lands on)
+    p  base only, one index   as (c), every query on the first domain's index (3,204 docs)
     h  routed hybrid          as (a) with mode=hybrid (the default mode)
     l  all-layer experts      as (a), random LoRA on all six layers, RR_ROUTING_LAYER=0
     b d f g w e i             one expert / unbatched / fp32 / h11 / busy wait / embeddings /
@@ -38,7 +40,7 @@ from bench.experts import ExpertSet
 from bench.measure import Load, RoutingTally, Run, sweep
 from bench.report import Report, load_average, machine_facts, ratio_lines
 from bench.variants import DEFAULT_VARIANTS, PURE_PYTHON_HTTP, RATIOS, VARIANTS, parse_variants
-from bench.workload import DEFAULT_DATASETS, ROOT, Domain, load_domains, mixed_queries
+from bench.workload import DEFAULT_DATASETS, ROOT, Domain, load_domains, mixed_workload
 from tests.processes import Gateway
 
 FULL_REQUESTS = 1000
@@ -71,6 +73,7 @@ class ServingBench:
     work: Path
     domains: list[Domain]
     queries: list[str]
+    query_domains: list[str]  # each query's own domain (and index name)
     options: Options
     sets: dict[str, ExpertSet] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)
@@ -172,7 +175,7 @@ class ServingBench:
         )
         run = self.runs[key] = Run(key, variant.label)
         tally = self.tallies[key] = RoutingTally() if variant.tally else None
-        bodies = variant.bodies(self.queries, served.names[0])
+        bodies = variant.bodies(self.queries, self.query_domains)
         try:
             with gateway:
                 print(f"{variant.label}: gateway up at {gateway.url}", flush=True)
@@ -202,7 +205,7 @@ class ServingBench:
                 self.work,
                 self.options.infinity_dtype,
                 self.options.infinity_batch,
-                variant.bodies(self.queries, ""),
+                variant.bodies(self.queries, self.query_domains),
                 self.options.load,
                 run,
             )
@@ -373,14 +376,17 @@ def main(
     started = time.monotonic()
     facts = machine_facts()
     domains = load_domains(datasets_dir)
-    queries = mixed_queries(domains, seed)
+    workload = mixed_workload(domains, seed)
+    queries = [query for query, _ in workload]
     print(
         f"{len(queries)} mixed test queries from {len(domains)} domains "
         f"({', '.join(f'{d.name} {len(d.test)}' for d in domains)})",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="rr-bench-") as tmp:
-        bench = ServingBench(Path(tmp), domains, queries, options, facts=facts)
+        bench = ServingBench(
+            Path(tmp), domains, queries, [d for _, d in workload], options, facts=facts
+        )
         for key in keys:
             bench.run_variant(key)
         if bound:
@@ -441,7 +447,9 @@ def build_report(
     skipped = [VARIANTS[k].label for k in VARIANTS if k not in opts.variants]
     setup = [
         *set_lines,
-        f"Indexes: {expert_sets.index_description(opts.docs)}.",
+        f"Indexes: {expert_sets.index_description(opts.docs)}. Base only (c) sends each query "
+        "to its own domain's index, the one routed search lands on; (p) sends every query to "
+        f"the first domain's ({bench.domains[0].name}), as (c) did before 2026-12-07.",
         f"Inputs: {len(bench.queries)} test queries of the {len(bench.domains)} expert datasets "
         f"({unique:,} unique), round-robin over domains, one query per request, the same order "
         "for every variant and point.",

@@ -70,12 +70,17 @@ def load_domains(datasets_dir: Path) -> list[Domain]:
     return domains
 
 
-def mixed_queries(domains: list[Domain], seed: int) -> list[str]:
-    """Round-robin over domains (each shuffled; small ones cycle): equal share per domain."""
+def mixed_workload(domains: list[Domain], seed: int) -> list[tuple[str, str]]:
+    """(query, its domain) round-robin over domains (each shuffled; small ones cycle): equal
+    share per domain."""
     rng = np.random.default_rng(seed)
-    pools = [[d.test[i] for i in rng.permutation(len(d.test))] for d in domains if d.test]
-    longest = max(len(p) for p in pools)
-    return [pool[i % len(pool)] for i in range(longest) for pool in pools]
+    pools = [(d.name, [d.test[i] for i in rng.permutation(len(d.test))]) for d in domains if d.test]
+    longest = max(len(p) for _, p in pools)
+    return [(pool[i % len(pool)], name) for i in range(longest) for name, pool in pools]
+
+
+def mixed_queries(domains: list[Domain], seed: int) -> list[str]:
+    return [query for query, _ in mixed_workload(domains, seed)]
 
 
 def unique_count(domains: list[Domain]) -> int:
@@ -83,11 +88,19 @@ def unique_count(domains: list[Domain]) -> int:
 
 
 def search_bodies(
-    queries: list[str], mode: str, expert: str | None = None, index: str | None = None
+    queries: list[str],
+    mode: str,
+    expert: str | None = None,
+    indexes: list[str] | None = None,
 ) -> list[bytes]:
-    """`POST /v1/search` bodies, k=10; expert None: routed (`auto`)."""
-    pinned = ({"expert": expert} if expert else {}) | ({"index": index} if index else {})
-    return encode_bodies([{"query": q, "k": 10, "mode": mode} | pinned for q in queries])
+    """`POST /v1/search` bodies, k=10; expert None: routed (`auto`); `indexes`: the index
+    each query searches (parallel to `queries`), None: the routed expert's."""
+    pinned = {"expert": expert} if expert else {}
+    payloads = [{"query": q, "k": 10, "mode": mode} | pinned for q in queries]
+    if indexes is not None:
+        for payload, index in zip(payloads, indexes, strict=True):
+            payload["index"] = index
+    return encode_bodies(payloads)
 
 
 def embedding_bodies(queries: list[str], model: str) -> list[bytes]:
