@@ -75,6 +75,30 @@ class LoadResult:
     def max_ms(self) -> float:
         return max(self.latencies_ms) if self.latencies_ms else math.nan
 
+    @classmethod
+    def merged(cls, parts: Sequence[LoadResult]) -> LoadResult:
+        """Several runs at one concurrency as one point: their requests, wall-clock time and
+        latencies added up (QPS = all successes / all seconds)."""
+        if not parts:
+            raise ValueError("nothing to merge")
+        requests = sum(p.requests for p in parts)
+        statuses: Counter[str] = Counter()
+        for part in parts:
+            statuses.update(part.statuses)
+        return cls(
+            concurrency=parts[0].concurrency,
+            requests=requests,
+            seconds=sum(p.seconds for p in parts),
+            latencies_ms=[x for p in parts for x in p.latencies_ms],
+            ok=sum(p.ok for p in parts),
+            errors=sum(p.errors for p in parts),
+            rejected_429=sum(p.rejected_429 for p in parts),
+            statuses=statuses,
+            error_samples=[x for p in parts for x in p.error_samples][:5],
+            client_cpu_ms_per_request=sum(p.client_cpu_ms_per_request * p.requests for p in parts)
+            / requests,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "concurrency": self.concurrency,

@@ -23,10 +23,12 @@ table and writes reports/bench.md and reports/bench.png.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -37,13 +39,14 @@ import typer
 from bench import experts as expert_sets
 from bench import infinity, pass_cost
 from bench.experts import ExpertSet
-from bench.measure import Load, RoutingTally, Run, sweep
+from bench.measure import Load, RoutingTally, Run, Target, interleave, wait_idle
 from bench.report import Report, load_average, machine_facts, ratio_lines
 from bench.variants import DEFAULT_VARIANTS, PURE_PYTHON_HTTP, RATIOS, VARIANTS, parse_variants
 from bench.workload import DEFAULT_DATASETS, ROOT, Domain, load_domains, mixed_workload
 from tests.processes import Gateway
 
-FULL_REQUESTS = 1000
+FULL_REQUESTS = 1500
+ROUNDS = 3  # turns per point (bench.measure.interleave)
 SMOKE_DIR = Path(tempfile.gettempdir()) / "rr-bench-smoke"
 ROUTER_REPORT = ROOT / "reports" / "router.md"
 
@@ -64,6 +67,7 @@ class Options:
     bound_queries: int
     infinity_dtype: str
     infinity_batch: int
+    rounds: int = 1
 
 
 @dataclass
@@ -77,7 +81,7 @@ class ServingBench:
     options: Options
     sets: dict[str, ExpertSet] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)
-    tallies: dict[str, RoutingTally] = field(default_factory=dict)
+    tallies: dict[str, RoutingTally | None] = field(default_factory=dict)
     serving_paths: list[str] = field(default_factory=list)
     bounds: list[pass_cost.PassCost] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -86,6 +90,7 @@ class ServingBench:
     query_precision: str | None = None  # what the first default-precision gateway ran at
     precisions: dict[str, str] = field(default_factory=dict)  # /readyz per variant
     _built: Path | None = None
+    _started: dict[str, tuple[Gateway, Path]] = field(default_factory=dict)
 
     # -- expert sets -----------------------------------------------------------------------
 
@@ -153,21 +158,24 @@ class ServingBench:
             print("\n".join(cost.lines()), flush=True)
             self.bounds.append(cost)
 
-    def run_variant(self, key: str) -> None:
+    def start_variant(self, key: str, stack: ExitStack) -> Target | None:
+        """`key`'s gateway up (stopped when `stack` closes), idle, and what drives it; None
+        if it failed to start (noted)."""
         variant = VARIANTS[key]
-        if key == "i":
-            return self.run_infinity()
         served = self.expert_set(variant.experts)
-        started = time.perf_counter()
         cache = {} if self.options.cache else {"RR_EMBEDDING_CACHE_SIZE": "0"}
         # The first gateway measures its query precision (auto); the rest are pinned to its
         # choice: a measurement under load may flip, and every variant must run at one.
         pinned = {"RR_PRECISION": self.query_precision} if self.query_precision else {}
         env = cache | {"RR_INDEX_CORPORA_ON_START": "false"} | pinned | served.env | variant.env
         log = self.work / f"gateway-{key}.log"
+        # Gateways run side by side, each on its own copy of its set's home (experts and
+        # indexes): two embedded gateways must not share one index directory.
+        home = self.work / "homes" / key
+        shutil.copytree(served.home, home)
         gateway = Gateway(
-            self.work,
-            name=served.name,
+            home.parent,
+            name=key,
             env=env,
             serve_options=self.options.http_stack + variant.serve_options,
             log_path=log,
@@ -175,24 +183,43 @@ class ServingBench:
         )
         run = self.runs[key] = Run(key, variant.label)
         tally = self.tallies[key] = RoutingTally() if variant.tally else None
-        bodies = variant.bodies(self.queries, self.query_domains)
         try:
-            with gateway:
-                print(f"{variant.label}: gateway up at {gateway.url}", flush=True)
-                precision = httpx.get(f"{gateway.url}/readyz", timeout=30).json().get("precision")
-                self.precisions[variant.label] = str(precision)
-                if "RR_PRECISION" not in env and isinstance(precision, dict):
-                    self.query_precision = precision.get("queries")
-                sweep(run, gateway.url, variant.path, bodies, self.options.load, tally)
-                paths = serving_paths(variant.label, gateway.url) if variant.tally else None
-                if paths is not None:
+            stack.enter_context(gateway)
+            print(f"{variant.label}: gateway up at {gateway.url}", flush=True)
+            precision = httpx.get(f"{gateway.url}/readyz", timeout=30).json().get("precision")
+            self.precisions[variant.label] = str(precision)
+            if "RR_PRECISION" not in env and isinstance(precision, dict):
+                self.query_precision = precision.get("queries")
+            assert gateway.process is not None
+            waited = wait_idle(gateway.process.pid)
+            print(f"{variant.label}: idle after {waited:.0f}s of start-up work", flush=True)
+        except Exception as exc:  # keep the other variants' numbers
+            self.notes.append(f"{variant.label} failed to start: {exc!r}"[:600])
+            self.notes += log_notes(variant.label, log)
+            return None
+        self._started[key] = (gateway, log)
+        bodies = variant.bodies(self.queries, self.query_domains)
+        return Target(run, gateway.url, variant.path, bodies, tally)
+
+    def run_variants(self, keys: list[str]) -> None:
+        """Every gateway variant up at once, then measured in turns (`interleave`)."""
+        started = time.perf_counter()
+        with ExitStack() as stack:
+            targets = [t for k in keys if k != "i" and (t := self.start_variant(k, stack))]
+            try:
+                interleave(targets, self.options.load, self.options.rounds)
+            except Exception as exc:
+                self.notes.append(f"the load failed: {exc!r}"[:600])
+            for key, (gateway, log) in self._started.items():
+                label = VARIANTS[key].label
+                if VARIANTS[key].tally and (paths := serving_paths(label, gateway.url)):
                     self.serving_paths.append(paths)  # read after the load: adapters resident
                 if not gateway.alive():
-                    self.notes.append(f"{variant.label}: the gateway exited during the run")
-        except Exception as exc:  # keep the other variants' numbers
-            self.notes.append(f"{variant.label} failed: {exc!r}"[:600])
-        self.notes += log_notes(variant.label, log)
-        print(f"{variant.label}: {time.perf_counter() - started:.0f}s", flush=True)
+                    self.notes.append(f"{label}: the gateway exited during the run")
+                self.notes += log_notes(label, log)
+        print(f"gateway variants measured in {time.perf_counter() - started:.0f}s", flush=True)
+        if "i" in keys:
+            self.run_infinity()
 
     def run_infinity(self) -> None:
         variant = VARIANTS["i"]
@@ -297,6 +324,10 @@ def main(
         int, Opt(help="Measured requests per (variant, concurrency) point.")
     ] = FULL_REQUESTS,
     concurrency: Annotated[str, Opt(help="Comma-separated concurrency levels.")] = "1,8,32,64",
+    rounds: Annotated[
+        int,
+        Opt(min=1, help="Turns per point: each variant's requests in this many interleaved runs."),
+    ] = ROUNDS,
     quick: Annotated[
         bool, Opt("--quick", help="Smoke run: 200 requests, c = 1 and 32, a small bound.")
     ] = False,
@@ -352,6 +383,7 @@ def main(
         requests = 200 if requests == FULL_REQUESTS else requests
         concurrency = "1,32" if concurrency == "1,8,32,64" else concurrency
         bound_queries = min(bound_queries, 64)
+        rounds = 1 if rounds == ROUNDS else rounds
     smoke = quick or requests < FULL_REQUESTS
     out_dir = out_dir or (SMOKE_DIR if smoke else ROOT / "reports")
     try:
@@ -372,6 +404,7 @@ def main(
         bound_queries=bound_queries,
         infinity_dtype=infinity_dtype,
         infinity_batch=infinity_batch,
+        rounds=rounds,
     )
     started = time.monotonic()
     facts = machine_facts()
@@ -387,8 +420,7 @@ def main(
         bench = ServingBench(
             Path(tmp), domains, queries, [d for _, d in workload], options, facts=facts
         )
-        for key in keys:
-            bench.run_variant(key)
+        bench.run_variants(keys)
         if bound:
             bench.measure_bounds()
     tables, refit_status = router_refit(refit and not smoke)
@@ -449,18 +481,24 @@ def build_report(
         *set_lines,
         f"Indexes: {expert_sets.index_description(opts.docs)}. Base only (c) sends each query "
         "to its own domain's index, the one routed search lands on; (p) sends every query to "
-        f"the first domain's ({bench.domains[0].name}), as (c) did before 2026-12-07.",
+        f"the first expert's by name ({min(d.name for d in bench.domains)}), as (c) did "
+        "before 2026-12-07.",
         f"Inputs: {len(bench.queries)} test queries of the {len(bench.domains)} expert datasets "
         f"({unique:,} unique), round-robin over domains, one query per request, the same order "
-        "for every variant and point.",
-        f"Gateway: one `rr serve` per variant, default settings plus {settings} (the "
+        "for every variant (each turn starts further along).",
+        f"Gateway: one `rr serve` per variant, all of them up side by side (each on its own "
+        "copy of its expert set's experts and indexes, idle before the load), default "
+        f"settings plus {settings} (the "
         "query-embedding cache would turn repeated benchmark queries into cache hits); the "
         "first gateway measures its query precision (RR_PRECISION=auto), the later ones are "
         f"pinned to its choice ({pinned_precision(bench)}) so that every variant runs at one"
         + ("; " + "; ".join(differs) if differs else "")
         + (f"; every gateway `rr serve {' '.join(opts.http_stack)}`" if opts.http_stack else "")
         + ".",
-        f"Load: {requests} measured requests per point after a 64-request warm-up; closed loop; "
+        f"Load: {requests} measured requests per point after a 64-request warm-up, sent in "
+        f"{opts.rounds} turns: at each concurrency every variant runs {requests // opts.rounds} "
+        "requests in turn (the order rotating), so slow drift in the shared machine's speed "
+        "reaches every variant alike; closed loop; "
         f"each client is {one_client} with its own keep-alive connection; concurrency "
         f"{', '.join(map(str, levels))}.",
         f"Not in this run: {', '.join(skipped) or 'none'} (`--variants`; the default run is "
