@@ -384,7 +384,7 @@ def main(
         concurrency = "1,32" if concurrency == "1,8,32,64" else concurrency
         bound_queries = min(bound_queries, 64)
         rounds = 1 if rounds == ROUNDS else rounds
-    smoke = quick or requests < FULL_REQUESTS
+    smoke = quick or requests < FULL_REQUESTS or rounds < ROUNDS
     out_dir = out_dir or (SMOKE_DIR if smoke else ROOT / "reports")
     try:
         keys = parse_variants(variants)
