@@ -129,16 +129,18 @@ class RowLoraLinear(torch.nn.Module):
         self._bank = [bank]  # in a list: not a submodule, never copied with the model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.nn.functional.linear(x, self.base.weight, self.base.bias)
         factors = self._bank[0].factors(self.key)
         if factors is None:
-            return out
+            return torch.nn.functional.linear(x, self.base.weight, self.base.bias)
         a, b = factors  # (rows, in, r), (rows, r, out), or one expert's (in, r), (r, out)
+        # Cast once: the states between layers are fp32 under bf16 autocast, and each of
+        # the three matmuls would cast x again (measured: a third of the deltas' cost).
+        x = x.to(a.dtype)
+        out = torch.nn.functional.linear(x, self.base.weight, self.base.bias)
         if a.dim() == 2:
-            delta = torch.matmul(torch.matmul(x, a), b)
-        else:  # x: (rows, tokens, in)
-            delta = torch.bmm(torch.bmm(x, a), b)
-        return out + delta.to(out.dtype)
+            return out.add_(torch.matmul(torch.matmul(x, a), b).to(out.dtype))
+        # x: (rows, tokens, in); out + (x A) B in one call, no delta tensor of its own
+        return torch.baddbmm(out, torch.bmm(x, a), b.to(out.dtype))
 
 
 def wrap_layers(bert: Any, bank: LoraBank) -> None:
