@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             replication.shared_cache,
             progress,
             ctx.lexical_batcher,
+            ctx.documents_batcher,
         )
         admin = AdminService(
             ctx.registry,
@@ -93,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.stats = StatsService(
             ctx.encoder,
             ctx.indexes,
-            [ctx.encoder_batcher, ctx.search_batcher, ctx.lexical_batcher],
+            [ctx.encoder_batcher, ctx.search_batcher, ctx.lexical_batcher, ctx.documents_batcher],
             ctx.cache,
             replication.shared_cache,
             replication.follower,

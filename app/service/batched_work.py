@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from app.core.candidates import Candidates
+from app.core.documents import Hit
 from app.encoder.base import Chooser, QueryEncoder, RoutedPass
-from app.errors import EncoderFailed, ServiceError
+from app.errors import EncoderFailed, NotFound, ServiceError
 from app.index import IndexStore
 
 log = logging.getLogger(__name__)
@@ -142,5 +143,33 @@ def search_batch(indexes: IndexStore):
                 results[i] = [row[: jobs[i].k] for row in found[start : start + n]]
                 start += n
         return results
+
+    return run
+
+
+Wanted = dict[str, set[str]]  # index -> ids of the documents one request needs with text
+Fetched = dict[tuple[str, str], Hit]  # (index, id) -> the stored document as a hit
+
+
+def fetch_batch(indexes: IndexStore):
+    """The stored documents of every job in the batch, one read per index for all of them
+    (a dropped index contributes nothing: its hits keep no text)."""
+
+    def run(jobs: Sequence[Wanted]) -> list[Fetched]:
+        merged: dict[str, set[str]] = defaultdict(set)
+        for wanted in jobs:
+            for name, ids in wanted.items():
+                merged[name] |= ids
+        stored: Fetched = {}
+        for name, ids in merged.items():
+            try:
+                found = indexes.get(name).fetch(sorted(ids))
+            except NotFound:
+                continue
+            stored.update({(name, doc_id): hit for doc_id, hit in found.items()})
+        return [
+            {(n, d): stored[(n, d)] for n, ids in w.items() for d in ids if (n, d) in stored}
+            for w in jobs
+        ]
 
     return run

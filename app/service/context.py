@@ -10,7 +10,7 @@ from app.encoder.base import QueryEncoder
 from app.experts.registry import ExpertRegistry
 from app.index import IndexStore
 from app.index.faiss_backend import set_search_threads
-from app.service.batched_work import encode_batch, search_batch
+from app.service.batched_work import encode_batch, fetch_batch, search_batch
 from app.service.batcher import MicroBatcher
 from app.service.embedding_cache import EmbeddingCache
 from app.settings import Settings
@@ -82,6 +82,10 @@ class ServiceContext:
     # BM25 searches: their own threads (SQLite's FTS5 runs without the GIL and each thread
     # reads through its own connection), so they overlap the expert pass and FAISS.
     lexical_batcher: MicroBatcher
+    # The text of fused hits: one thread, so its read connections stay warm (measured: a
+    # fetch of 10 documents 0.19 ms there, 0.41 ms spread over the default executor's six),
+    # and one read per index for every request of a batch.
+    documents_batcher: MicroBatcher
 
     @classmethod
     def start(cls, settings: Settings) -> ServiceContext:
@@ -142,10 +146,14 @@ class ServiceContext:
                 max_wait_ms=0.0,
                 max_pending=pending,
             ),
+            MicroBatcher(
+                "documents", fetch_batch(indexes), settings.max_batch, max_pending=pending
+            ),
         )
 
     def close(self) -> None:
         self.encoder_batcher.close()
         self.search_batcher.close()
         self.lexical_batcher.close()
+        self.documents_batcher.close()
         self.indexes.close()

@@ -33,9 +33,9 @@ from app.encoder import BASE
 from app.encoder.base import QueryEncoder, RoutedPass
 from app.errors import InvalidInput, NotFound
 from app.experts.registry import ExpertRegistry
-from app.index import Hit, IndexStore
+from app.index import IndexStore
 from app.replication.shared_cache import SharedEmbeddingCache
-from app.service.batched_work import EncodeJob, RoutedEncodeJob, SearchJob
+from app.service.batched_work import EncodeJob, RoutedEncodeJob, SearchJob, Wanted, fetch_batch
 from app.service.batcher import MicroBatcher
 from app.service.embedding_cache import EmbeddingCache
 from app.service.indexing_progress import IndexingProgress, Progress
@@ -114,6 +114,7 @@ class RetrievalService:
         shared_cache: SharedEmbeddingCache | None = None,
         progress: IndexingProgress | None = None,
         lexical_batcher: MicroBatcher | None = None,
+        documents_batcher: MicroBatcher | None = None,
     ) -> None:
         self.settings = settings
         self.encoder = encoder
@@ -122,6 +123,7 @@ class RetrievalService:
         self.encoder_batcher = encoder_batcher
         self.search_batcher = search_batcher
         self.lexical_batcher = lexical_batcher or search_batcher
+        self.documents_batcher = documents_batcher
         self.cache = cache
         self.shared_cache = shared_cache
         self.progress = progress if progress is not None else IndexingProgress()
@@ -528,22 +530,19 @@ class RetrievalService:
             for qi, plan in enumerate(plans)
         ]
         if options.include_text and not with_text:
-            ranked = await asyncio.to_thread(self._with_text, ranked)
+            ranked = await self._with_text(ranked)
         return ranked
 
-    def _with_text(self, ranked: list[list[RankedHit]]) -> list[list[RankedHit]]:
-        """The fused hits with their documents' text (one lookup per index)."""
-        wanted: dict[str, set[str]] = {}
+    async def _with_text(self, ranked: list[list[RankedHit]]) -> list[list[RankedHit]]:
+        """The fused hits with their documents' text (one read per index)."""
+        wanted: Wanted = {}
         for hits in ranked:
             for item in hits:
                 wanted.setdefault(item.hit.index, set()).add(item.hit.id)
-        stored: dict[tuple[str, str], Hit] = {}
-        for name, ids in wanted.items():
-            try:
-                found = self.indexes.get(name).fetch(sorted(ids))
-            except NotFound:  # dropped meanwhile: its hits keep no text
-                continue
-            stored.update({(name, doc_id): hit for doc_id, hit in found.items()})
+        if self.documents_batcher is not None:
+            stored = await self.documents_batcher.submit(wanted)
+        else:
+            stored = (await asyncio.to_thread(fetch_batch(self.indexes), [wanted]))[0]
         return [
             [
                 replace(item, hit=replace(stored[key], score=item.hit.score))
