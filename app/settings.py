@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     index_corpora_on_start: bool = True
     # No default on purpose: admin endpoints answer 503 until an operator sets a token.
     admin_token: SecretStr | None = None
+    # Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    # "https://search.example.com,http://localhost:3000"; "*" allows any. None by default:
+    # browsers on other origins are refused, as before.
+    cors_origins: str = ""
     # Test-only (`make soak`): SIGKILL the process after its Nth document write has landed,
     # before it answers (app/service/crash_point.py). Never set it in production.
     test_crash_after_writes: int | None = Field(default=None, ge=1)
@@ -106,3 +110,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_timeout_s: float = Field(default=1.0, gt=0)
     redis_cache_ttl_s: int = Field(default=86_400, ge=1)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]

@@ -74,7 +74,7 @@ def _merge(dense: list[RankedHit], lexical: list[Hit], score, k: int) -> list[Ra
         lexical_score = lexical[on_lexical[key]].score if key in on_lexical else None
         if key in on_dense:
             item = dense[on_dense[key]]
-            out.append(RankedHit(item.hit, float(fused), item.expert, item.score, lexical_score))
+            out.append(RankedHit(item.hit, float(fused), item.expert, item.dense, lexical_score))
         else:
             hit = lexical[on_lexical[key]]
             out.append(RankedHit(hit, float(fused), expert, None, lexical_score))

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
@@ -15,7 +16,7 @@ from app.api.errors import install_error_handlers
 from app.api.metrics import Metrics, RequestMetrics
 from app.api.middleware import BodySizeLimit, RequestId
 from app.api.playground import install_playground
-from app.api.routes import admin, experts, health, search
+from app.api.routes import admin, experts, health, models, search
 from app.service.admin import AdminService
 from app.service.applier import ChangeApplier
 from app.service.bootstrap import index_expert_corpora
@@ -125,7 +126,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(RequestId)
-    for module in (search, experts, admin, health):
+    if settings.cors_origin_list:
+        # Outermost, so preflights are answered before the body limit, metrics or routing
+        # (an OPTIONS to /v1/search has no route of its own).
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+            max_age=600,
+        )
+    for module in (search, models, experts, admin, health):
         app.include_router(module.router)
     install_playground(app)
     return app

@@ -12,6 +12,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.schemas import EXPERT_OR_MODE, MODEL_PATTERN
+from app.core.names import NAME_PATTERN, NAME_WORDS
+from app.core.text import NOT_BLANK
+from app.encoder.base_model import BASE_MODEL_NAME
 from app.errors import (
     Conflict,
     EncoderFailed,
@@ -79,14 +83,54 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     }.items()
 }
 
+UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's detail
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
+# What a pattern means, in words (pydantic would quote the regex).
+_PATTERN_WORDS = {
+    NOT_BLANK: "must not be empty or only whitespace",
+    NAME_PATTERN: NAME_WORDS,
+    EXPERT_OR_MODE: f'must be "auto", "base" or an expert name ({NAME_WORDS})',
+    MODEL_PATTERN: f'must be "auto", "base", "{BASE_MODEL_NAME}" or an expert name '
+    "(GET /v1/models lists them)",
+}
+# A union's member tags in an error's location ("input.list[constrained-str]").
+_MEMBER_TAG = re.compile(r"^(str|int|float|bool|constrained-\w+|\w+\[.*\])$")
+_TYPE_MISMATCH = {"string_type", "list_type", "int_type", "float_type", "bool_type", "dict_type"}
+
+
+def _message(err: dict) -> str:
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_WORDS:
+        return _PATTERN_WORDS[ctx["pattern"]]
+    if kind == "json_invalid":
+        return f"the request body is not valid JSON ({ctx.get('error', 'decode error')})"
+    if kind in ("model_attributes_type", "dict_type") and len(err.get("loc", ())) <= 1:
+        return "the request body must be a JSON object, sent as Content-Type: application/json"
+    message = str(err.get("msg", "invalid"))
+    return message.removeprefix("Value error, ")
+
+
 def _describe(exc: RequestValidationError) -> str:
+    """One plain message per field: a union's members each report on the value, so only
+    the member that fits the value's type speaks (a string input gets the string checks)."""
+    by_field: dict[str, list[dict]] = {}
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        where = ".".join(p for p in loc if not _MEMBER_TAG.match(p))
+        if err.get("type") == "json_invalid":
+            where = ""  # the position is in the message
+        by_field.setdefault(where, []).append(err)
     parts = []
-    for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    for where, errs in list(by_field.items())[:3]:
+        fitting = [e for e in errs if e.get("type") not in _TYPE_MISMATCH]
+        if fitting or len(errs) == 1:
+            message = _message((fitting or errs)[0])
+        else:  # the value fits none of the union's types: name them all
+            wanted = [str(e.get("msg", "")).removeprefix("Input should be ") for e in errs]
+            message = "Input should be " + " or ".join(dict.fromkeys(wanted))
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts) or "invalid request"
 
 
@@ -117,6 +161,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
+            # FastAPI's answer to a body it cannot decode (not UTF-8, say): a client
+            # mistake in the request's content, like malformed JSON.
+            return error_response(
+                422, "invalid_request", "the request body could not be read: send UTF-8 JSON"
+            )
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:  # Starlette names only the first route matching the path

@@ -9,7 +9,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from app.core.names import NAME_PATTERN
 from app.core.text import NOT_BLANK, blank, not_utf8
-from app.encoder.base_model import EMBEDDING_DIM
+from app.encoder.base_model import BASE_MODEL_NAME, EMBEDDING_DIM
 from app.settings import Settings
 
 # What the schema states is what the service enforces; limits that are settings show their
@@ -123,15 +123,63 @@ class RouteRequest(_Strict):
     query: QueryText
 
 
+# ECMA-safe (the OpenAPI schema's dialect): "-" outside a class may not be escaped there.
+MODEL_PATTERN = rf"^(auto|base|[a-z0-9][a-z0-9_-]{{0,63}}|{BASE_MODEL_NAME.replace('-', '[-]')})$"
+TOKEN_IDS_REFUSED = (
+    "input must be text: token-id arrays are not accepted (this server tokenizes with its own "
+    "model's tokenizer). Send the strings; with LangChain, set "
+    "OpenAIEmbeddings(check_embedding_ctx_length=False)"
+)
+
+
+def _is_token_ids(value: Any) -> bool:
+    """OpenAI's pre-tokenized input: a list of ints, or a list of such lists."""
+    if not isinstance(value, list) or not value:
+        return False
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return True
+    return all(isinstance(v, list) and v and _is_token_ids(v) for v in value)
+
+
 class EmbeddingsRequest(_Strict):
     input: QueryText | Annotated[list[QueryText], Field(min_length=1, max_length=MAX_BATCH)]
     model: str = Field(
         "auto",
-        pattern=EXPERT_OR_MODE,
-        description='"auto" (route each input), "base", or an expert.',
+        pattern=MODEL_PATTERN,
+        description='"auto" (route each input), "base", an expert (`GET /v1/models` lists '
+        f'them), or "{BASE_MODEL_NAME}" (the base model by its id).',
     )
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Integer | None = Field(
+        None,
+        description=f"Accepted only as {EMBEDDING_DIM}, the model's native size (or omitted): "
+        "MiniLM was not trained for shortened vectors.",
+        # In the schema as bounds (they apply to the integer); the check below says why.
+        json_schema_extra={"minimum": EMBEDDING_DIM, "maximum": EMBEDDING_DIM},
+    )
     user: str | None = None  # accepted for OpenAI compatibility; unused
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        if isinstance(data, dict) and _is_token_ids(data.get("input")):
+            raise ValueError(TOKEN_IDS_REFUSED)
+        return data
+
+    @model_validator(mode="after")
+    def _native_dimensions(self) -> EmbeddingsRequest:
+        if self.dimensions is not None and self.dimensions != EMBEDDING_DIM:
+            raise ValueError(
+                f"dimensions: this model's vectors have {EMBEDDING_DIM} dimensions and it was "
+                f"not trained for shorter ones (truncated vectors would lose quality): omit "
+                f"dimensions or set it to {EMBEDDING_DIM}"
+            )
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """`model` with the base model's id read as "base"."""
+        return "base" if self.model == BASE_MODEL_NAME else self.model
 
 
 class EmbeddingOut(BaseModel):
@@ -151,6 +199,21 @@ class EmbeddingsResponse(BaseModel):
     data: list[EmbeddingOut]
     model: str
     usage: Usage
+
+
+class ModelOut(BaseModel):
+    """One entry of `GET /v1/models`, OpenAI's shape."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time the expert was created (0: built in).")
+    owned_by: str
+    description: str = ""
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
 
 
 class ExpertOut(BaseModel):

@@ -151,7 +151,9 @@ def _top(dense: Leg, lexical: Leg, union: _Union, fused: np.ndarray, k: int) -> 
             on_dense.tolist(),
             on_lexical.tolist(),
             experts,
-            _pick(dense.scores, on_dense, 0.0).tolist(),
+            # Each hit's own cosine: with several encoders the dense leg ranks by reciprocal
+            # rank, and its scores are those sums, not cosines.
+            _pick(dense.pool.scores[dense.entries], on_dense, 0.0).tolist(),
             _pick(lexical.scores, on_lexical, 0.0).tolist(),
             strict=True,
         )

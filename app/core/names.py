@@ -7,6 +7,7 @@ import re
 from app.errors import InvalidInput
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+NAME_WORDS = "1 to 64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
 _NAME = re.compile(NAME_PATTERN)
 BASE_EXPERT = "base"  # the plain base encoder: always available, no adapter, no index
 AUTO = "auto"  # "let the router choose"

@@ -127,7 +127,7 @@ async def route(body: RouteRequest, service: RetrievalDep, request: Request) -> 
 async def embeddings(body: EmbeddingsRequest, service: RetrievalDep) -> EmbeddingsResponse:
     """OpenAI-compatible query embeddings; with model "auto" each input is routed first."""
     texts = [body.input] if isinstance(body.input, str) else body.input
-    embedded = await service.embed(texts, body.model)  # validates the inputs first
+    embedded = await service.embed(texts, body.model_name)  # validates the inputs first
     tokens = sum(await service.token_counts(texts))
     data = [
         EmbeddingOut(index=i, embedding=_encode(e.vector, body.encoding_format), expert=e.expert)
