@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     index_corpora_on_start: bool = True
     # No default on purpose: admin endpoints answer 503 until an operator sets a token.
     admin_token: SecretStr | None = None
+    # Keys for the search API (every /v1 route), comma-separated, separate from the admin
+    # token; each client sends one as `Authorization: Bearer <key>` (the OpenAI clients'
+    # api_key). Unset: search is open, as before. /healthz, /readyz, /metrics stay open.
+    api_keys: SecretStr | None = None
     # Browser origins allowed to call the API (CORS), comma-separated, e.g.
     # "https://search.example.com,http://localhost:3000"; "*" allows any. None by default:
     # browsers on other origins are refused, as before.
@@ -110,6 +114,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_timeout_s: float = Field(default=1.0, gt=0)
     redis_cache_ttl_s: int = Field(default=86_400, ge=1)
+
+    @property
+    def api_key_list(self) -> list[bytes]:
+        raw = self.api_keys.get_secret_value() if self.api_keys is not None else ""
+        return [key.strip().encode() for key in raw.split(",") if key.strip()]
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from app.api.app import create_app
 from app.settings import Settings
@@ -137,3 +138,40 @@ def test_no_cors_unless_configured(fake_settings: Settings) -> None:
         )
         assert response.status_code == 405
         assert "access-control-allow-origin" not in response.headers
+
+
+def test_search_keys_guard_every_v1_route_when_set(fake_settings: Settings, lora_a) -> None:
+    fake_settings.api_keys = SecretStr("key-one, key-two")
+    with TestClient(create_app(fake_settings)) as client:
+        from tests.helpers import register
+
+        assert register(client, "aero", lora_a, ["wing lift drag"]).status_code == 201
+        calls = [
+            ("POST", "/v1/search", {"query": "wing"}),
+            ("POST", "/v1/embeddings", {"input": "wing"}),
+            ("POST", "/v1/route", {"query": "wing"}),
+            ("GET", "/v1/models", None),
+            ("GET", "/v1/experts", None),
+        ]
+        for method, path, body in calls:
+            bare = client.request(method, path, json=body)
+            assert bare.status_code == 401, (path, bare.text)
+            assert bare.json()["error"]["message"].startswith("missing API key")
+            assert bare.headers["www-authenticate"] == "Bearer"
+            wrong = client.request(method, path, json=body, headers={"Authorization": "Bearer x"})
+            assert wrong.status_code == 401 and wrong.json()["error"]["message"] == "wrong API key"
+            good = client.request(
+                method, path, json=body, headers={"Authorization": "Bearer key-two"}
+            )
+            assert good.status_code == 200, (path, good.text)
+        for open_path in ("/healthz", "/readyz", "/metrics"):
+            assert client.get(open_path).status_code == 200
+        # The admin token is not a search key, nor the reverse.
+        admin_as_key = client.get("/v1/models", headers=AUTH_HEADERS)
+        assert admin_as_key.status_code == 401
+        key_as_admin = client.get("/admin/experts", headers={"Authorization": "Bearer key-one"})
+        assert key_as_admin.status_code in (401, 405)
+
+
+def test_search_is_open_without_keys(api: TestClient) -> None:
+    assert api.post("/v1/search", json={"query": "wing"}).status_code == 200

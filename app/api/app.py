@@ -140,4 +140,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (search, models, experts, admin, health):
         app.include_router(module.router)
     install_playground(app)
+    _optional_search_key(app)
     return app
+
+
+def _optional_search_key(app: FastAPI) -> None:
+    """The search key is needed only where RR_API_KEYS is set: in the schema, each /v1
+    operation may go with it or without (`security: [{}, {SearchKey: []}]`)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    security = operation.get("security")
+                    if security == [{"SearchKey": []}]:
+                        operation["security"] = [{}, {"SearchKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -20,6 +20,9 @@ from app.service.retrieval import RetrievalService
 from app.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="RR_ADMIN_TOKEN")
+_search_bearer = HTTPBearer(
+    auto_error=False, scheme_name="SearchKey", description="one of RR_API_KEYS (when set)"
+)
 
 
 async def get_settings(request: Request) -> Settings:
@@ -63,3 +66,21 @@ async def require_admin(
     expected = settings.admin_token.get_secret_value().encode()
     if not hmac.compare_digest(credentials.credentials.encode(), expected):
         raise ApiError(401, "unauthorized", "wrong admin token", challenge)
+
+
+async def require_search_key(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_search_bearer)],
+) -> None:
+    """Router-level guard for the /v1 routes: open unless RR_API_KEYS is set."""
+    keys = settings.api_key_list
+    if not keys:
+        return
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        message = "missing API key (send Authorization: Bearer <key>)"
+        raise ApiError(401, "unauthorized", message, challenge)
+    given = credentials.credentials.encode()
+    # Every key compared, each in constant time: no early exit tells which one was close.
+    if not sum(hmac.compare_digest(given, key) for key in keys):
+        raise ApiError(401, "unauthorized", "wrong API key", challenge)

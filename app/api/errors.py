@@ -72,7 +72,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         400: "request body that cannot be read (not UTF-8, or not the declared form)",
-        401: "missing or wrong admin token",
+        401: "missing or wrong admin token (admin) or API key (/v1, when RR_API_KEYS is set)",
         404: "unknown expert, index or document",
         409: "expert already exists",
         413: "request body too large",

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from app.api import links
-from app.api.deps import CatalogDep
+from app.api.deps import CatalogDep, require_search_key
 from app.api.errors import ERROR_RESPONSES
 from app.api.schemas import ExpertList, ExpertName, ExpertOut, IndexingOut
 from app.core.names import check_name
 from app.service.catalog import ExpertInfo
 
-router = APIRouter(prefix="/v1/experts", tags=["experts"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/experts",
+    tags=["experts"],
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_search_key)],
+)
 
 
 def describe(info: ExpertInfo) -> ExpertOut:

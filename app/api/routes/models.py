@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from app.api.deps import CatalogDep
+from app.api.deps import CatalogDep, require_search_key
 from app.api.errors import ERROR_RESPONSES
 from app.api.schemas import ModelList, ModelOut
 from app.core.names import AUTO, BASE_EXPERT
 from app.encoder.base_model import BASE_MODEL_NAME
 
-router = APIRouter(prefix="/v1", tags=["search"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1",
+    tags=["search"],
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_search_key)],
+)
 OWNER = "routerretriever"
 
 

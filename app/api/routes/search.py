@@ -6,9 +6,9 @@ import base64
 import time
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
-from app.api.deps import RetrievalDep
+from app.api.deps import RetrievalDep, require_search_key
 from app.api.errors import ERROR_RESPONSES
 from app.api.schemas import (
     BatchSearchRequest,
@@ -28,7 +28,12 @@ from app.core.planning import SearchOptions
 from app.core.router import RoutingDecision
 from app.service.retrieval import SearchResult
 
-router = APIRouter(prefix="/v1", tags=["search"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1",
+    tags=["search"],
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_search_key)],
+)
 
 
 def _observe(request: Request, results: list[SearchResult], started: float) -> None:

@@ -3,6 +3,7 @@
 
 const $ = (selector) => document.querySelector(selector);
 const TOKEN_KEY = "rr-admin-token"; // sessionStorage only: never in the URL or localStorage
+const API_KEY = "rr-api-key"; // the search key, where the gateway sets RR_API_KEYS
 const UPLOAD_BATCH = 1000; // documents per PUT (the API takes up to 10,000)
 
 function el(tag, attributes = {}, ...children) {
@@ -26,6 +27,7 @@ async function call(method, path, { json, form, admin } = {}) {
     body = form;
   }
   if (admin) headers.authorization = `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}`;
+  else if (sessionStorage.getItem(API_KEY)) headers.authorization = `Bearer ${sessionStorage.getItem(API_KEY)}`;
   const response = await fetch(path, { method, headers, body });
   const text = await response.text();
   let data = null;
@@ -158,6 +160,7 @@ async function search(event) {
 
 function showTokenState() {
   $("#token-state").textContent = sessionStorage.getItem(TOKEN_KEY) ? "token set for this tab" : "no token";
+  $("#api-key-state").textContent = sessionStorage.getItem(API_KEY) ? "key set for this tab" : "no key (open search)";
 }
 
 function report(form, message, ok) {
@@ -223,6 +226,12 @@ $("#save-token").addEventListener("click", () => {
   sessionStorage.setItem(TOKEN_KEY, $("#token").value);
   $("#token").value = "";
   showTokenState();
+});
+$("#save-api-key").addEventListener("click", () => {
+  sessionStorage.setItem(API_KEY, $("#api-key").value);
+  $("#api-key").value = "";
+  showTokenState();
+  refreshExpertList().then(() => { $("#search-error").hidden = true; }).catch(() => {});
 });
 $("#register-form").addEventListener("submit", register);
 $("#upload-form").addEventListener("submit", upload);
