@@ -175,3 +175,33 @@ def test_search_keys_guard_every_v1_route_when_set(fake_settings: Settings, lora
 
 def test_search_is_open_without_keys(api: TestClient) -> None:
     assert api.post("/v1/search", json={"query": "wing"}).status_code == 200
+
+
+def test_routing_never_lands_silently_on_an_empty_index(fake_settings: Settings, lora_a, lora_b):
+    from tests.helpers import register
+    from tests.test_api_fake import AERO, CODE, CODE_DOCS
+
+    with TestClient(create_app(fake_settings)) as client:
+        assert register(client, "aero", lora_a, AERO).status_code == 201
+        assert register(client, "code", lora_b, CODE).status_code == 201
+        nothing = client.post("/v1/search", json={"query": AERO[0]}).json()
+        assert nothing["hits"] == []
+        assert nothing["routing"]["note"] == (
+            "no expert's index holds documents yet: nothing to search"
+        )
+        put = client.put(
+            "/admin/experts/code/documents", headers=AUTH_HEADERS, json={"documents": CODE_DOCS}
+        )
+        assert put.status_code == 200
+        for mode in ("hybrid", "dense", "lexical"):
+            body = client.post("/v1/search", json={"query": AERO[0], "mode": mode}).json()
+            routing = body["routing"]
+            assert routing["passed_over"] == ["aero"], (mode, routing)
+            assert "aero" in routing["note"] and "no documents" in routing["note"]
+            assert routing["expert"] in ("code", "base")
+            if mode != "lexical":  # BM25 may find no shared word; the dense leg always does
+                assert body["hits"] and {h["index"] for h in body["hits"]} == {"code"}
+        assert client.post("/v1/route", json={"query": AERO[0]}).json()["passed_over"] == ["aero"]
+        # A query that routes to the expert with documents is unchanged: no note.
+        plain = client.post("/v1/search", json={"query": CODE[0]}).json()["routing"]
+        assert plain["expert"] == "code" and "note" not in plain and "passed_over" not in plain

@@ -125,3 +125,23 @@ def test_registry_refits_on_change_and_skips_pilots_of_another_layer(tmp_path) -
     first = registry.router
     registry.remove("b")
     assert registry.router is not first and registry.router.names == ["a"]
+
+
+def test_routing_skips_unavailable_experts_under_their_own_threshold() -> None:
+    import numpy as np
+
+    from app.core.router import Router
+
+    pilots = {"a": np.array([[1.0, 0.0, 0.0]]), "b": np.array([[0.0, 1.0, 0.0]])}
+    router = Router(pilots, threshold=0.2)
+    near_a = np.array([[0.9, 0.3, 0.0]]) / np.linalg.norm([0.9, 0.3, 0.0])
+    [chosen] = router.route(near_a)
+    assert chosen.expert == "a" and chosen.passed_over == ()
+    [skipped] = router.route(near_a, available={"b"})
+    assert skipped.expert == "b" and not skipped.fallback and skipped.passed_over == ("a",)
+    assert skipped.top(2) == ["b"]
+    only_a = np.array([[1.0, 0.0, 0.0]])
+    [fell] = router.route(only_a, available={"b"})  # b's cosine 0 < 0.2: base
+    assert fell.fallback and fell.expert == "base" and fell.passed_over == ("a",)
+    [none] = router.route(near_a, available=set())
+    assert none.fallback and none.passed_over == ("a", "b")

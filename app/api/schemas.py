@@ -101,6 +101,14 @@ class RoutingOut(BaseModel):
     threshold: float | None = Field(
         None, description="The best expert's fallback threshold: below it, the base encoder."
     )
+    passed_over: list[str] | None = Field(
+        None,
+        description="Experts that scored higher but were not chosen because their index "
+        "holds no documents (absent: none).",
+    )
+    note: str | None = Field(
+        None, description="What routing did about empty indexes, in words (absent: nothing)."
+    )
 
 
 class IndexingOut(BaseModel):

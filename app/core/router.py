@@ -15,8 +15,8 @@ low percentile of its own pilots' similarity to its centroid, else the global se
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -33,10 +33,15 @@ class RoutingDecision:
     scores: dict[str, float]  # every expert's score, best first
     fallback: bool
     threshold: float | None = None  # the best expert's fallback threshold (on its centroid)
+    # Better-scoring experts not chosen because their index holds no documents, best first.
+    passed_over: tuple[str, ...] = ()
+    unavailable: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def top(self, n: int) -> list[str]:
-        """The n best experts (fallback decisions have none)."""
-        return [] if self.fallback else list(self.scores)[:n]
+        """The n best experts that can answer (fallback decisions have none)."""
+        if self.fallback:
+            return []
+        return [name for name in self.scores if name not in self.unavailable][:n]
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -115,20 +120,34 @@ class Router:
             return _unit(np.asarray(queries, dtype=np.float32)) @ self.centroids.T
         return self.score(queries) if scores is None else scores
 
-    def route(self, queries: np.ndarray) -> list[RoutingDecision]:
+    def route(
+        self, queries: np.ndarray, available: Collection[str] | None = None
+    ) -> list[RoutingDecision]:
+        """Each query's decision; `available`: the experts that may be chosen (those whose
+        index can answer: an empty index would answer nothing). The best available expert
+        then wins, under its own fallback threshold; the better ones passed over are named."""
         scores = self.score(queries)
         if not self.names:
             return [RoutingDecision(BASE_EXPERT, {}, True) for _ in range(len(queries))]
         similarity = self._fallback_similarity(queries, scores)
+        allowed = np.ones(len(self.names), dtype=bool)
+        if available is not None:
+            allowed = np.array([name in available for name in self.names], dtype=bool)
+        unavailable = frozenset(n for n, ok in zip(self.names, allowed, strict=True) if not ok)
         decisions = []
         for row, near in zip(scores, similarity, strict=True):
             order = np.argsort(-row, kind="stable")
             ranked = {self.names[i]: round(float(row[i]), 6) for i in order}
-            best = int(order[0])
+            usable = [int(i) for i in order if allowed[i]]
+            best = usable[0] if usable else int(order[0])
+            above = order if not usable else order[: int(np.flatnonzero(order == best)[0])]
+            passed = tuple(self.names[i] for i in above if not allowed[i])
             limit = float(self.thresholds[best])
-            fallback = bool(near[best] < limit)
+            fallback = not usable or bool(near[best] < limit)
             expert = BASE_EXPERT if fallback else self.names[best]
-            decisions.append(RoutingDecision(expert, ranked, fallback, round(limit, 6)))
+            decisions.append(
+                RoutingDecision(expert, ranked, fallback, round(limit, 6), passed, unavailable)
+            )
         return decisions
 
 

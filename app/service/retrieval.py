@@ -345,8 +345,21 @@ class RetrievalService:
         return done.features
 
     async def route(self, queries: Sequence[str]) -> list[RoutingDecision]:
+        """What a search would decide (routing among experts whose index can answer)."""
         self.check_queries(queries)
-        return self.registry.router.route(await self.routing_features(queries))
+        features = await self.routing_features(queries)
+        return self.registry.router.route(features, self._answering())
+
+    def _answering(self) -> set[str]:
+        """The experts whose index holds documents (live counters, no lock)."""
+        found = set()
+        for name in self.registry.names():
+            try:
+                if len(self.indexes.get(name)):
+                    found.add(name)
+            except NotFound:  # dropped meanwhile
+                continue
+        return found
 
     async def embed(self, texts: Sequence[str], model: str) -> list[Embedding]:
         """Query-side embeddings: `auto` routes each text, else one expert (or base)."""
@@ -400,9 +413,12 @@ class RetrievalService:
         try:
             t_encode = time.perf_counter()
             if options.expert == AUTO:
+                # Route only to experts whose index can answer (a pinned index is searched
+                # whatever the expert).
+                available = self._answering() if options.index is None else None
 
                 def planner(router: Router, features: np.ndarray) -> tuple[list, list[Plan]]:
-                    decisions = router.route(features)
+                    decisions = router.route(features, available)
                     return decisions, [encoders_for(d, options) for d in decisions]
 
                 decisions, plans, vectors = await self._routed(

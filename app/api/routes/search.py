@@ -60,6 +60,24 @@ def _routing(decision: RoutingDecision) -> RoutingOut:
         scores=decision.scores,
         fallback=decision.fallback,
         threshold=decision.threshold,
+        passed_over=list(decision.passed_over) or None,
+        note=_note(decision),
+    )
+
+
+def _note(decision: RoutingDecision) -> str | None:
+    """Never a silent empty answer: say when an empty index changed the route."""
+    if not decision.passed_over:
+        return None
+    empty = ", ".join(decision.passed_over)
+    verb = "holds" if len(decision.passed_over) == 1 else "hold"
+    if not decision.fallback:
+        return f"the index of {empty} {verb} no documents: routed to {decision.expert} instead"
+    if len(decision.passed_over) == len(decision.scores):
+        return "no expert's index holds documents yet: nothing to search"
+    return (
+        f"the index of {empty} {verb} no documents: fell back to the base encoder over the "
+        "indexes that hold documents"
     )
 
 
@@ -120,7 +138,7 @@ async def search_batch(
     return [_response(r, body.include_text) for r in results]
 
 
-@router.post("/route", response_model=RoutingOut)
+@router.post("/route", response_model=RoutingOut, response_model_exclude_none=True)
 async def route(body: RouteRequest, service: RetrievalDep, request: Request) -> RoutingOut:
     """The routing decision alone: chosen expert, every expert's score, fallback flag."""
     [decision] = await service.route([body.query])

@@ -82,9 +82,12 @@ function drawRouting(routing) {
   const chart = $("#routing-chart");
   chart.replaceChildren();
   const scores = Object.entries(routing.scores);
-  const summary = routing.fallback
-    ? `No expert close enough: fell back to the base encoder over every index.`
-    : `Routed to ${routing.expert}.`;
+  // The server's note says when an empty index changed the route (never a silent miss).
+  const summary = routing.note
+    ? `${routing.note.charAt(0).toUpperCase()}${routing.note.slice(1)}.`
+    : routing.fallback
+      ? `No expert close enough: fell back to the base encoder over every index.`
+      : `Routed to ${routing.expert}.`;
   $("#routing-summary").textContent = summary;
   $("#routing-summary").dataset.expert = routing.expert;
   if (!scores.length) return;
