@@ -102,7 +102,10 @@ class Settings(BaseSettings):
     faiss_threads: int = Field(default=0, ge=0, le=256)
     hnsw_m: int = Field(default=32, ge=4)
 
-    max_query_chars: int = Field(default=2048, ge=1)
+    # A guard against huge inputs, not a length limit: every text is cut at max_seq_length
+    # tokens as it is encoded (unless a request says truncate: false), and real chunks
+    # (LangChain's splitters: 1,000-4,000 characters) are far below it.
+    max_query_chars: int = Field(default=100_000, ge=1)
     # Inputs per /v1/embeddings or batch-search request: OpenAI's own limit, so clients that
     # batch as they do for OpenAI (langchain: 1,000) work. Rows are encoded in buckets of
     # RR_ENCODE_BATCH_SIZE, so memory grows with the bucket, not the request.

@@ -18,6 +18,8 @@ BASE_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 @pytest.fixture
 def api(fake_settings: Settings, lora_a, lora_b):
+    # The served default (conftest lowers it for the other tests).
+    fake_settings.max_query_chars = Settings.model_fields["max_query_chars"].default
     with TestClient(create_app(fake_settings), raise_server_exceptions=False) as client:
         populate(client, lora_a, lora_b)
         yield client
@@ -205,3 +207,19 @@ def test_routing_never_lands_silently_on_an_empty_index(fake_settings: Settings,
         # A query that routes to the expert with documents is unchanged: no note.
         plain = client.post("/v1/search", json={"query": CODE[0]}).json()["routing"]
         assert plain["expert"] == "code" and "note" not in plain and "passed_over" not in plain
+
+
+def test_long_inputs_are_truncated_by_default_or_refused_on_request(api: TestClient) -> None:
+    long_text = "wing lift drag " * 400  # 1,200 words: far past 256 tokens
+    ok = api.post("/v1/embeddings", json={"input": ["python sort", long_text]})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["usage"]["prompt_tokens"] <= 4 + 256  # counted as encoded
+    assert api.post("/v1/search", json={"query": long_text}).status_code == 200
+    refused = _message(
+        api.post("/v1/embeddings", json={"input": ["python sort", long_text], "truncate": False})
+    )
+    assert refused.startswith("input 1 is 1202 tokens, over this model's limit of 256")
+    refused = _message(api.post("/v1/search", json={"query": long_text, "truncate": False}))
+    assert refused.startswith("the input is 1202 tokens")
+    short = api.post("/v1/search", json={"query": "python sort", "truncate": False})
+    assert short.status_code == 200

@@ -63,6 +63,11 @@ class SearchOptionsIn(_Strict):
         description='"hybrid" (default): dense and BM25 lists fused; "dense": embeddings only; '
         '"lexical": BM25 only (no expert pass).',
     )
+    truncate: bool = Field(
+        True,
+        description="Queries longer than the model's token limit (RR_MAX_SEQ_LENGTH, 256) "
+        "are cut there (the default); false: refused with 422 instead.",
+    )
     fusion: Literal["convex", "rrf"] = Field(
         "convex",
         description='How hybrid fuses its two lists: "convex" (min-max normalised scores, '
@@ -158,6 +163,11 @@ class EmbeddingsRequest(_Strict):
         f'them), or "{BASE_MODEL_NAME}" (the base model by its id).',
     )
     encoding_format: Literal["float", "base64"] = "float"
+    truncate: bool = Field(
+        True,
+        description="Inputs longer than the model's token limit (RR_MAX_SEQ_LENGTH, 256) are "
+        "cut there (the default, as OpenAI-style clients expect); false: refused with 422.",
+    )
     dimensions: Integer | None = Field(
         None,
         description=f"Accepted only as {EMBEDDING_DIM}, the model's native size (or omitted): "

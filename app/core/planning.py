@@ -28,6 +28,8 @@ class SearchOptions:
     # The lexical leg searches every index, not only the routed expert's (a what-if the
     # eval measures: a wrong route is then no sure miss).
     lexical_everywhere: bool = False
+    # Texts longer than the encoder's token limit are cut there (False: refused instead).
+    truncate: bool = True
 
     @property
     def dense_depth(self) -> int:

@@ -99,7 +99,10 @@ class QueryEncoder(Protocol):
     @property
     def stats(self) -> PoolStats: ...
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]: ...
+    def token_counts(self, texts: Sequence[str], truncated: bool = True) -> list[int]:
+        """Tokens each text costs as encoded (`truncated`: at `max_seq_length`, as every
+        pass cuts it), or in full."""
+        ...
 
     def precisions(self) -> dict[str, str]:
         """What queries and documents run at, after the start-up checks (`/readyz`)."""

@@ -80,8 +80,9 @@ class FakeEncoder:
     def warm_up(self) -> None:
         self.encode(["warm up"])
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        return [min(len(_WORD.findall(text)) + 2, self.max_seq_length) for text in texts]
+    def token_counts(self, texts: Sequence[str], truncated: bool = True) -> list[int]:
+        full = [len(_WORD.findall(text)) + 2 for text in texts]  # [CLS] words [SEP]
+        return [min(n, self.max_seq_length) for n in full] if truncated else full
 
     # -- adapter pool --------------------------------------------------------------------
 

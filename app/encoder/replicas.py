@@ -136,8 +136,9 @@ class EncoderReplicas:
                 setattr(total, field.name, merged)
         return total
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """Tokens each text costs after truncation (for usage reporting)."""
+    def token_counts(self, texts: Sequence[str], truncated: bool = True) -> list[int]:
+        """Tokens each text costs as encoded (after truncation), or in full."""
+        limit = {"truncation": True, "max_length": self.max_seq_length} if truncated else {}
         with self._tokenizer_lock:
-            ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
+            ids = self.tokenizer(list(texts), **limit)
         return [len(row) for row in ids["input_ids"]]

@@ -146,6 +146,22 @@ class RetrievalService:
             if not_utf8(text) is not None:
                 raise InvalidInput("query is not valid UTF-8 text (a lone surrogate?)")
 
+    async def check_length(self, texts: Sequence[str], truncate: bool) -> None:
+        """With `truncate` off, a text over the encoder's token limit is refused (as TEI
+        does); on, it is cut there as it is encoded."""
+        if truncate:
+            return
+        limit = self.settings.max_seq_length
+        counts = await asyncio.to_thread(self.encoder.token_counts, texts, False)
+        for i, count in enumerate(counts):
+            if count > limit:
+                where = f"input {i}" if len(texts) > 1 else "the input"
+                raise InvalidInput(
+                    f"{where} is {count} tokens, over this model's limit of {limit} "
+                    "(RR_MAX_SEQ_LENGTH): shorten it, or leave truncate on (the default) to "
+                    f"embed its first {limit} tokens"
+                )
+
     def check_expert(self, name: str, allow_auto: bool = True) -> str:
         if name == BASE_EXPERT or (allow_auto and name == AUTO):
             return name
@@ -361,10 +377,13 @@ class RetrievalService:
                 continue
         return found
 
-    async def embed(self, texts: Sequence[str], model: str) -> list[Embedding]:
+    async def embed(
+        self, texts: Sequence[str], model: str, truncate: bool = True
+    ) -> list[Embedding]:
         """Query-side embeddings: `auto` routes each text, else one expert (or base)."""
         self.check_queries(texts)
         self.check_expert(model)
+        await self.check_length(texts, truncate)
         if model != AUTO:
             with self.registry.lease([model]):
                 pinned = await self._encode(texts, [model] * len(texts))
@@ -382,7 +401,8 @@ class RetrievalService:
         return [Embedding(vectors[(qi, p[0])], p[0]) for qi, p in enumerate(plans)]
 
     async def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """Tokens each text costs (usage reporting), counted off the event loop."""
+        """Tokens each text costs as encoded, after truncation (usage reporting), counted
+        off the event loop."""
         return await asyncio.to_thread(self.encoder.token_counts, texts)
 
     # -- search --------------------------------------------------------------------------
@@ -394,6 +414,8 @@ class RetrievalService:
             raise InvalidInput(f"k must be between 1 and {self.settings.max_k}")
         self.check_expert(options.expert)
         self.check_index(options.index)
+        if options.mode != "lexical":  # BM25 reads the whole text: nothing is cut
+            await self.check_length(queries, options.truncate)
 
         lexical_only = options.mode == "lexical"  # routed for its targets only
         lease = _Lease(self.registry)

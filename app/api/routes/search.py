@@ -51,6 +51,7 @@ def _options(body: SearchOptionsIn) -> SearchOptions:
         body.include_text,
         mode=body.mode,
         fusion=body.fusion,
+        truncate=body.truncate,
     )
 
 
@@ -150,7 +151,8 @@ async def route(body: RouteRequest, service: RetrievalDep, request: Request) -> 
 async def embeddings(body: EmbeddingsRequest, service: RetrievalDep) -> EmbeddingsResponse:
     """OpenAI-compatible query embeddings; with model "auto" each input is routed first."""
     texts = [body.input] if isinstance(body.input, str) else body.input
-    embedded = await service.embed(texts, body.model_name)  # validates the inputs first
+    # validates the inputs first
+    embedded = await service.embed(texts, body.model_name, body.truncate)
     tokens = sum(await service.token_counts(texts))
     data = [
         EmbeddingOut(index=i, embedding=_encode(e.vector, body.encoding_format), expert=e.expert)
