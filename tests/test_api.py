@@ -279,3 +279,19 @@ def test_adapter_whose_outputs_overflow_is_refused(
     assert "non-finite" in response.json()["error"]["message"]
     assert client.get("/v1/experts/huge").status_code == 404
     assert client.post("/v1/search", json={"query": "lift of a wing"}).status_code == 200
+
+
+def test_long_inputs_with_the_real_tokenizer(settings) -> None:
+    """MiniLM's WordPiece counts: the input is cut at 256 tokens unless truncate is off."""
+    settings.max_query_chars = 100_000
+    long_text = "supersonic wing flutter " * 200
+    with TestClient(create_app(settings)) as client:
+        cut = client.post("/v1/embeddings", json={"input": long_text, "model": "base"})
+        assert cut.status_code == 200 and cut.json()["usage"]["prompt_tokens"] == 256
+        refused = client.post(
+            "/v1/embeddings", json={"input": long_text, "model": "base", "truncate": False}
+        )
+        assert refused.status_code == 422
+        message = refused.json()["error"]["message"]
+        assert message.startswith("the input is ") and "over this model's limit of 256" in message
+        assert int(message.split()[3]) > 256
