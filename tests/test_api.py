@@ -220,10 +220,12 @@ def test_identity_expert_reuses_the_routing_pass(
     as_base = client.post("/v1/embeddings", json={"input": query, "model": "base"}).json()
     assert routed["expert"] == "same"
     assert np.allclose(routed["embedding"], as_base["data"][0]["embedding"], atol=1e-6)
+    document = {"documents": [{"id": "d1", "text": "read a csv file with pandas"}]}
+    assert client.put("/admin/experts/same/documents", headers=AUTH, json=document).is_success
     rows = ctx.encoder_batcher.stats.rows
     expert_rows = (ctx.encoder.stats.one_pass_rows, ctx.encoder.stats.exact_rows)
     body = client.post("/v1/search", json={"query": "python read a csv file"}).json()
-    assert body["routing"]["expert"] == "same"
+    assert body["routing"]["expert"] == "same"  # (an empty index would be passed over)
     assert ctx.encoder_batcher.stats.rows == rows + 1  # one routed pass
     # ... in which the identity expert's row was a base row: no expert row ran.
     assert (ctx.encoder.stats.one_pass_rows, ctx.encoder.stats.exact_rows) == expert_rows

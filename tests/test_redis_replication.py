@@ -86,13 +86,16 @@ def test_changes_through_one_gateway_reach_the_other(gateways, adapter_a: Path) 
     assert register(a, "code", adapter_a).status_code == 201
     route = lambda: httpx.post(b.url + "/v1/route", json={"query": "python sort dict"}).json()  # noqa: E731
     assert wait_for(lambda: route()["expert"] == "code", 1.0) < 1.0
-    assert search(b, "python sort dict").json()["routing"]["expert"] == "code"
+    # Its index is empty yet: a search is told so and answers from none of it.
+    empty = search(b, "python sort dict").json()["routing"]
+    assert empty["passed_over"] == ["code"] and "holds documents" in empty["note"]
 
     docs = [
         {"id": "d1", "text": "def sort_by_value(d): return sorted(d.items(), key=lambda kv: kv[1])"}
     ]
     assert upsert(b, "code", docs).json() == {"inserted": 1, "updated": 0}
     wait_for(lambda: [h["id"] for h in search(a, "python sort dict").json()["hits"]] == ["d1"], 1.0)
+    assert search(a, "python sort dict").json()["routing"]["expert"] == "code"
     lexical = search(a, "sorted items", mode="lexical", expert="code").json()["hits"]
     assert [h["id"] for h in lexical] == ["d1"]  # the follower's BM25 index has it too
     weight = httpx.put(

@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.app import create_app
-from app.data.beir import load_benchmark, load_qrels, load_queries
+from app.data.beir import load_benchmark, load_corpus, load_qrels, load_queries
 from app.encoder.base_model import cpu_has_bf16
 from app.settings import Settings
-from tests.helpers import TOKEN
+from tests.helpers import AUTH, TOKEN
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +53,15 @@ def test_routed_searches_of_every_expert_domain_answer(tmp_path: Path) -> None:
         measured = encoder.precision_check["chosen"] if cpu_has_bf16() else "fp32"
         precision = {"queries": measured, "documents": documents}
         assert client.get("/readyz").json()["precision"] == precision
+        for dataset in load_benchmark(BENCHMARK).experts:  # routing skips empty indexes
+            docs = [
+                {"id": d["_id"], "title": d["title"], "text": d["text"] or d["_id"]}
+                for d in load_corpus(dataset.directory)[:2]
+            ]
+            put = client.put(
+                f"/admin/experts/{dataset.name}/documents", headers=AUTH, json={"documents": docs}
+            )
+            assert put.status_code == 200, put.text
         routed = set()
         for domain, query in queries:
             response = client.post("/v1/search", json={"query": query, "k": 3})

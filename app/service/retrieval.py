@@ -361,10 +361,10 @@ class RetrievalService:
         return done.features
 
     async def route(self, queries: Sequence[str]) -> list[RoutingDecision]:
-        """What a search would decide (routing among experts whose index can answer)."""
+        """The router's own decision (a search then passes over experts whose index holds
+        no documents, and says so)."""
         self.check_queries(queries)
-        features = await self.routing_features(queries)
-        return self.registry.router.route(features, self._answering())
+        return self.registry.router.route(await self.routing_features(queries))
 
     def _answering(self) -> set[str]:
         """The experts whose index holds documents (live counters, no lock)."""
