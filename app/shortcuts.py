@@ -1,10 +1,10 @@
 """Shortcuts the service takes and the exact paths that stand in when one fails.
 
-Each shortcut (the one-pass LoRA path, the plain base pass, in-memory BM25 postings, the
-identity-expert skip, the embedding caches) has an exact path that gives the same answer at
-full cost. A shortcut that fails its start-up
-self-check or raises while serving is counted here; one-pass and the identity skip are then
-switched off for the process (their failures are deterministic: they would fail again), a
+Each shortcut (the one-pass LoRA path, the plain base pass, in-memory BM25 postings and
+metadata columns, the identity-expert skip, the embedding caches) has an exact path that
+gives the same answer at full cost. A shortcut that fails its start-up self-check or raises
+while serving is counted here; one-pass and the identity skip are then switched off for the
+process (their failures are deterministic: they would fail again), a
 cache error only turns that lookup into a miss. `/readyz` and `/metrics` report both.
 """
 
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 ONE_PASS = "one_pass_lora"
 PLAIN_BASE_PASS = "plain_base_pass"  # base passes on the model without LoRA wrappers
 LEXICAL_POSTINGS = "lexical_postings"  # BM25 from in-memory postings instead of FTS5's walk
+METADATA_COLUMNS = "metadata_columns"  # filters on in-memory columns instead of each row's JSON
 IDENTITY_EXPERT_SKIP = "identity_expert_skip"
 EMBEDDING_CACHE = "embedding_cache"
 SHARED_EMBEDDING_CACHE = "shared_embedding_cache"
@@ -27,6 +28,7 @@ ALL = (
     ONE_PASS,
     PLAIN_BASE_PASS,
     LEXICAL_POSTINGS,
+    METADATA_COLUMNS,
     IDENTITY_EXPERT_SKIP,
     EMBEDDING_CACHE,
     SHARED_EMBEDDING_CACHE,

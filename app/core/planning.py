@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from app.core.filters import MetadataFilter
 from app.core.hybrid import CANDIDATES, Fusion, Mode
 from app.core.names import AUTO, BASE_EXPERT
 from app.core.router import RoutingDecision
@@ -30,6 +31,8 @@ class SearchOptions:
     lexical_everywhere: bool = False
     # Texts longer than the encoder's token limit are cut there (False: refused instead).
     truncate: bool = True
+    # Only documents whose metadata this allows, on both legs, before each leg's top k.
+    where: MetadataFilter | None = None
 
     @property
     def dense_depth(self) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 
 from app.core.candidates import Candidates
 from app.core.documents import Document, Hit
+from app.core.filters import MetadataFilter
 
 
 class VectorIndex(Protocol):
@@ -30,26 +31,46 @@ class VectorIndex(Protocol):
 
     def delete(self, doc_id: str) -> bool: ...
 
-    def search(self, queries: np.ndarray, k: int, with_text: bool = True) -> list[list[Hit]]:
-        """Top-k hits per query row by inner product, best first."""
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        with_text: bool = True,
+        where: MetadataFilter | None = None,
+    ) -> list[list[Hit]]:
+        """Top-k hits per query row by inner product, best first; with `where`, the top k of
+        the documents it allows (filtered before the top k, exactly)."""
         ...
 
     def lexical_search(
-        self, queries: Sequence[str], k: int, with_text: bool = True
+        self,
+        queries: Sequence[str],
+        k: int,
+        with_text: bool = True,
+        where: MetadataFilter | None = None,
     ) -> list[list[Hit]]:
         """Top-k hits per query text by BM25 (`app.index.lexical`), best first; the same
-        documents as the vector search: each is in both or in neither."""
+        documents as the vector search: each is in both or in neither. `where` as in
+        `search`."""
         ...
 
     def search_candidates(
-        self, queries: np.ndarray, k: int, with_text: bool = False
+        self,
+        queries: np.ndarray,
+        k: int,
+        with_text: bool = False,
+        where: MetadataFilter | None = None,
     ) -> list[Candidates]:
         """`search` as rows and scores per query (hits built only when read): what ranking
         and fusion work on."""
         ...
 
     def lexical_candidates(
-        self, queries: Sequence[str], k: int, with_text: bool = False
+        self,
+        queries: Sequence[str],
+        k: int,
+        with_text: bool = False,
+        where: MetadataFilter | None = None,
     ) -> list[Candidates]:
         """`lexical_search` as rows and scores per query (`HitSource.space` says when both
         legs' rows name the same documents)."""

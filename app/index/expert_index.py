@@ -28,11 +28,18 @@ import numpy as np
 
 from app.core.candidates import Candidates, DocumentTable
 from app.core.documents import Document, Hit
+from app.core.filters import MetadataFilter
 from app.core.text import not_utf8, repaired
 from app.errors import NotFound, StorageFull
-from app.index import lexical, lexical_postings
-from app.index.faiss_backend import faiss_module, new_index, search_copy
-from app.shortcuts import LEXICAL_POSTINGS, Shortcuts
+from app.index import lexical, lexical_postings, metadata_columns
+from app.index.faiss_backend import (
+    faiss_module,
+    member_mask,
+    new_index,
+    search_among,
+    search_copy,
+)
+from app.shortcuts import LEXICAL_POSTINGS, METADATA_COLUMNS, Shortcuts
 
 log = logging.getLogger(__name__)
 DB_FILE = "docs.sqlite"
@@ -116,6 +123,8 @@ class ExpertIndex:
         self.shortcuts = shortcuts if shortcuts is not None else Shortcuts()
         self._writes = 0  # writes committed by this process (after each COMMIT)
         self._postings: lexical_postings.Postings | None = None
+        # Metadata filters from in-memory columns, built with the postings (same rule).
+        self._columns: metadata_columns.MetadataColumns | None = None
         self._postings_due = _Debounced(self._build_postings)
         self._postings_build_s = 0.0  # how long the last build took
         self._building = threading.Lock()  # one build at a time
@@ -386,19 +395,24 @@ class ExpertIndex:
             log.warning("index %r: background work not scheduled: %s", self.name, exc)
 
     def _schedule_postings(self, delay: float | None = None) -> None:
-        """Rebuild the postings once writes have paused for a while: at least a second, and
-        ten times the last build's time, so a bulk load spends at most ~10% on rebuilds;
-        FTS5 answers meanwhile."""
+        """Rebuild the postings and metadata columns once writes have paused for a while: at
+        least a second, and ten times the last build's time, so a bulk load spends at most
+        ~10% on rebuilds; FTS5 and each row's JSON answer meanwhile."""
         if not self.shortcuts.enabled(LEXICAL_POSTINGS):
             self._postings = None  # never used again: free it
+        if not self.shortcuts.enabled(METADATA_COLUMNS):
+            self._columns = None
+        if not self._shadows_wanted():
             return
         if delay is None:
             delay = max(POSTINGS_DEBOUNCE_S, 10 * self._postings_build_s)
         self._postings_due.schedule(delay)
 
+    def _shadows_wanted(self) -> bool:
+        return self.shortcuts.enabled(LEXICAL_POSTINGS) or self.shortcuts.enabled(METADATA_COLUMNS)
+
     def _build_postings(self) -> None:
-        if self._closed or self._rows > POSTINGS_MAX_DOCUMENTS:
-            self._postings = None  # never current again: free it
+        if self._closed:
             return
         if not self._building.acquire(blocking=False):
             self._schedule_postings()  # one is running: build again after it
@@ -411,6 +425,12 @@ class ExpertIndex:
     def _build_postings_now(self) -> None:
         writes = self._writes  # read before the snapshot: a later write makes it stale
         started = time.perf_counter()
+        if self.shortcuts.enabled(METADATA_COLUMNS):  # ~13 bytes per document and field
+            self._build_columns(writes)
+        if not self.shortcuts.enabled(LEXICAL_POSTINGS) or self._rows > POSTINGS_MAX_DOCUMENTS:
+            self._postings = None  # never current again: free it
+            self._postings_build_s = time.perf_counter() - started
+            return
         try:
             with self._reading(own=True) as db:
                 db.execute("BEGIN")  # one snapshot for the postings and their self-check
@@ -436,6 +456,24 @@ class ExpertIndex:
             return
         self._postings = postings
 
+    def _build_columns(self, writes: int) -> None:
+        try:
+            with self._reading(own=True) as db:
+                db.execute("BEGIN")
+                try:
+                    columns = metadata_columns.build(db, writes)
+                finally:
+                    db.execute("COMMIT")
+        except ValueError as exc:  # the self-check: these columns would answer wrongly
+            self.shortcuts.switch_off(METADATA_COLUMNS, f"index {self.name!r}: {exc}")
+            self._columns = None
+            return
+        except Exception as exc:  # the exact path keeps answering; the next write retries
+            if not self._closed:
+                self.shortcuts.failed(METADATA_COLUMNS, exc, switch_off=False)
+            return
+        self._columns = columns
+
     def _bump_generation(self) -> None:
         self._db.execute(
             "INSERT INTO meta (key, value) VALUES ('generation', ?) "
@@ -458,20 +496,35 @@ class ExpertIndex:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int, with_text: bool = True) -> list[list[Hit]]:
-        """Top-k hits per query row, best first."""
-        return [found.hits() for found in self.search_candidates(queries, k, with_text)]
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        with_text: bool = True,
+        where: MetadataFilter | None = None,
+    ) -> list[list[Hit]]:
+        """Top-k hits per query row, best first (of the documents `where` allows)."""
+        return [found.hits() for found in self.search_candidates(queries, k, with_text, where)]
 
     def search_candidates(
-        self, queries: np.ndarray, k: int, with_text: bool = False, retry: bool = True
+        self,
+        queries: np.ndarray,
+        k: int,
+        with_text: bool = False,
+        where: MetadataFilter | None = None,
+        retry: bool = True,
     ) -> list[Candidates]:
         """`search` as rows and scores; hits are built when read."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        allowed = None if where is None else self._allowed(where)
         with self._lock:
             self._check_open()
-            if self._index.ntotal == 0:
+            if self._index.ntotal == 0 or (allowed is not None and not len(allowed)):
                 return [Candidates.none(DocumentTable(self.name, ())) for _ in queries]
-            scores, ids = self._searchable.search(queries, min(k, int(self._index.ntotal)))
+            if allowed is None:
+                scores, ids = self._searchable.search(queries, min(k, int(self._index.ntotal)))
+            else:  # only the allowed vectors, before the top k: k hits when k match
+                scores, ids = search_among(self._index, queries, k, allowed)
             # Read with the FAISS answer: postings current now know every row FAISS holds.
             postings = None if with_text else self._current_postings()
         widened = scores.astype(np.float64)  # float32 cosines, exactly
@@ -490,7 +543,7 @@ class ExpertIndex:
             # document has a new row): once it has landed in FAISS too, search again.
             with self._write_lock:
                 pass
-            return self.search_candidates(queries, k, with_text, retry=False)
+            return self.search_candidates(queries, k, with_text, where, retry=False)
         table = self._table_of(list(records.values()), with_text)
         rows, kept = _positions(np.fromiter(records, dtype=np.int64, count=len(records)), ids)
         return [
@@ -533,25 +586,34 @@ class ExpertIndex:
         return postings
 
     def lexical_search(
-        self, queries: Sequence[str], k: int, with_text: bool = True
+        self,
+        queries: Sequence[str],
+        k: int,
+        with_text: bool = True,
+        where: MetadataFilter | None = None,
     ) -> list[list[Hit]]:
-        """Top-k hits per query text by BM25, best first."""
-        return [found.hits() for found in self.lexical_candidates(queries, k, with_text)]
+        """Top-k hits per query text by BM25, best first (of the documents `where` allows)."""
+        return [found.hits() for found in self.lexical_candidates(queries, k, with_text, where)]
 
     def lexical_candidates(
-        self, queries: Sequence[str], k: int, with_text: bool = False
+        self,
+        queries: Sequence[str],
+        k: int,
+        with_text: bool = False,
+        where: MetadataFilter | None = None,
     ) -> list[Candidates]:
         """BM25 from the in-memory postings where current, else FTS5; on this thread's own
         read connection: WAL readers see the last committed state and never wait for the
         writer or for other searches (SQLite runs FTS5 without the GIL), so lexical searches
         run in parallel with everything else."""
         columns = "d.rowid, d.id, d.title, d.text, d.metadata" if with_text else "d.rowid, d.id"
-        fast = self._from_postings(queries, k)
+        allowed = None if where is None else self._allowed(where)
+        fast = self._from_postings(queries, k, allowed)
         with self._reading() as db:
             if with_text:  # the postings ranked them: their text from the store
                 fast = self._with_rows(db, fast)
             rest = [q for q, found in zip(queries, fast, strict=True) if found is None]
-            exact = lexical.search(db, rest, k, columns) if rest else []
+            exact = lexical.search(db, rest, k, columns, allowed) if rest else []
         records = [row[:-1] for rows in exact for row in rows]
         table = self._table_of(records, with_text)
         answered = iter(exact)
@@ -599,19 +661,45 @@ class ExpertIndex:
             out.append(Candidates(rows, found.scores, table))
         return out
 
-    def _from_postings(self, queries: Sequence[str], k: int) -> list[Candidates | None]:
-        """Each query's candidates from the in-memory postings, or None where FTS5 must
-        answer (no current postings, a term that is not one token, an error)."""
+    def _from_postings(
+        self, queries: Sequence[str], k: int, allowed: np.ndarray | None = None
+    ) -> list[Candidates | None]:
+        """Each query's candidates from the in-memory postings (of the `allowed` rowids
+        only, when given), or None where FTS5 must answer (no current postings, a term that
+        is not one token, an error)."""
         postings = self._current_postings()
         if postings is None:
             return [None] * len(queries)
         table = DocumentTable(self.name, postings.ids, space=postings)
         try:
-            ranked = [postings.rank(query, k) for query in queries]
+            among = None if allowed is None else member_mask(postings.rowids, allowed)
+            ranked = [postings.rank(query, k, among) for query in queries]
         except Exception as exc:  # the exact path answers; this shortcut is off from now on
             self.shortcuts.failed(LEXICAL_POSTINGS, exc)
             return [None] * len(queries)
         return [None if found is None else Candidates(*found, table) for found in ranked]
+
+    def _allowed(self, where: MetadataFilter) -> np.ndarray:
+        """Rowids (ascending) of the stored documents `where` allows: from the metadata
+        columns where current, else each row's JSON read and matched (the exact path)."""
+        columns = self._columns
+        if (
+            columns is not None
+            and columns.generation == self._writes
+            and self.shortcuts.enabled(METADATA_COLUMNS)
+        ):
+            try:
+                mask = columns.mask(where)
+            except Exception as exc:  # the exact path answers; this shortcut is off from now
+                self.shortcuts.failed(METADATA_COLUMNS, exc)
+                mask = None
+            if mask is not None:
+                return columns.rowids[mask]
+        with self._reading() as db:
+            rows = db.execute("SELECT rowid, metadata FROM docs ORDER BY rowid").fetchall()
+        return np.array(
+            [rowid for rowid, text in rows if where.matches(json.loads(text))], dtype=np.int64
+        )
 
     @contextmanager
     def _reading(self, own: bool = False) -> Iterator[sqlite3.Connection]:

@@ -57,3 +57,68 @@ def search_copy(index: Any) -> Any:
         return faiss_module().index_cpu_to_gpu(resources, 0, index)
     except RuntimeError:  # e.g. HNSW has no GPU implementation: search on the CPU
         return index
+
+
+def member_mask(ids: Any, allowed: Any) -> Any:
+    """`ids` (int64, any order) that are in `allowed` (sorted, unique), as a bool array: a
+    bitmap lookup, ~0.1 ms for 100k ids."""
+    import numpy as np
+
+    if not len(ids) or not len(allowed):
+        return np.zeros(len(ids), dtype=bool)
+    bitmap = np.zeros(int(max(ids.max(), allowed[-1])) + 1, dtype=bool)
+    bitmap[allowed] = True
+    return bitmap[ids]
+
+
+# Above this share of the index allowed, a search of the whole index deep enough to hold k
+# allowed hits costs less than gathering the allowed vectors (reports/filters.md).
+GATHER_MAX_SHARE = 0.3
+
+
+def search_among(index: Any, queries: Any, k: int, allowed: Any) -> tuple[Any, Any]:
+    """`index.search` over the vectors whose ids are in `allowed` (sorted int64) only: exact.
+
+    Flat, few allowed: those vectors gathered into a scratch flat index, searched with BLAS
+    (FAISS's own id selector scans query by query: 99 ms against 9 ms for 32 queries at 10%
+    of 100k vectors). Flat, most allowed: the whole index searched deep enough that each
+    query's top holds k allowed hits, the others dropped (exact: any allowed vector better
+    than those is in that top too). HNSW: FAISS's selector inside the graph search
+    (approximate, as HNSW is)."""
+    import numpy as np
+
+    faiss = faiss_module()
+    nq = len(queries)
+    inner = faiss.downcast_index(index.index)
+    if not isinstance(inner, faiss.IndexFlat):
+        selector = faiss.IDSelectorBatch(allowed)
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(128, k))
+        return index.search(queries, k, params=params)
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+    storage = np.flatnonzero(member_mask(ids, allowed))
+    if not len(storage):
+        return np.zeros((nq, 0), dtype=np.float32), np.zeros((nq, 0), dtype=np.int64)
+    k = min(k, len(storage))
+    if len(storage) > GATHER_MAX_SHARE * index.ntotal:
+        return _search_deep(index, queries, k, allowed, len(storage) / index.ntotal)
+    vectors = faiss.rev_swig_ptr(inner.get_xb(), index.ntotal * index.d)
+    scratch = faiss.IndexFlat(index.d, inner.metric_type)
+    scratch.add(vectors.reshape(index.ntotal, index.d)[storage])
+    scores, rows = scratch.search(queries, k)
+    return scores, np.where(rows >= 0, ids[storage][np.maximum(rows, 0)], -1)
+
+
+def _search_deep(index: Any, queries: Any, k: int, allowed: Any, share: float) -> Any:
+    """The top k allowed of a whole-index search, deepened until every query has k of them
+    (at most `allowed` is all there is: the whole index then holds them)."""
+    import numpy as np
+
+    depth = min(index.ntotal, int(k / share * 1.2) + 16)  # 1.2: the share varies by query
+    while True:
+        scores, ids = index.search(queries, depth)
+        keep = member_mask(ids.ravel(), allowed).reshape(ids.shape) & (ids >= 0)
+        if depth >= index.ntotal or bool((keep.sum(axis=1) >= k).all()):
+            break
+        depth = min(index.ntotal, depth * 2)
+    first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # allowed first, in score order
+    return np.take_along_axis(scores, first, axis=1), np.take_along_axis(ids, first, axis=1)

@@ -15,8 +15,9 @@ the same scores); `search` here is the exact path and the reference they are che
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from app.core.lexical import match_expression
 
@@ -68,11 +69,24 @@ def _statements(script: str) -> list[str]:
 
 
 def search(
-    db: sqlite3.Connection, queries: Sequence[str], k: int, columns: str = "d.rowid, d.id"
+    db: sqlite3.Connection,
+    queries: Sequence[str],
+    k: int,
+    columns: str = "d.rowid, d.id",
+    allowed: Iterable[int] | None = None,
 ) -> list[list[tuple]]:
     """Per query, up to k rows of `columns` (of `docs d`) with the BM25 score appended,
-    best first (a query with no terms has no hits)."""
+    best first (a query with no terms has no hits); with `allowed`, of those rowids only
+    (before the limit: k rows when k of them match)."""
     out: list[list[tuple]] = []
+    among = ""
+    parameters: tuple[str, ...] = ()
+    if allowed is not None:
+        # `rowid + 0`: the MATCH drives the scan, the allowed set (materialised once) only
+        # filters it; on plain `rowid IN` SQLite runs one full-text match per allowed row
+        # (167 s instead of 0.3 s at 10% of 100k documents).
+        among = "AND rowid + 0 IN (SELECT value FROM json_each(?)) "
+        parameters = (json.dumps([int(rowid) for rowid in allowed]),)
     for query in queries:
         expression = match_expression(query)
         if expression is None:
@@ -81,8 +95,9 @@ def search(
         rows = db.execute(
             f"SELECT {columns}, s.score FROM ("
             f"SELECT rowid, -bm25({TABLE}) AS score FROM {TABLE} WHERE {TABLE} MATCH ? "
-            "ORDER BY rank LIMIT ?) s JOIN docs d ON d.rowid = s.rowid ORDER BY s.score DESC",
-            (expression, k),
+            f"{among}ORDER BY rank LIMIT ?) s JOIN docs d ON d.rowid = s.rowid "
+            "ORDER BY s.score DESC",
+            (expression, *parameters, k),
         ).fetchall()
         out.append(rows)
     return out

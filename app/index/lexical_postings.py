@@ -62,8 +62,11 @@ class Postings:
             for p, score in zip(positions.tolist(), scores.tolist(), strict=True)
         ]
 
-    def rank(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """`search` as arrays: (positions in this table, float64 scores), best first."""
+    def rank(
+        self, query: str, k: int, among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """`search` as arrays: (positions in this table, float64 scores), best first; with
+        `among` (a bool per position), of those positions only."""
         phrases = [_stem(term) for term in query_terms(query)]
         if any(p is None for p in phrases):
             return None
@@ -81,6 +84,8 @@ class Postings:
         if scores is None:
             return _NOTHING
         matched = np.flatnonzero(scores)
+        if among is not None:
+            matched = matched[among[matched]]
         if len(matched) > k:
             # Keep every document tied with the k-th score, then order exactly.
             kth = np.partition(scores[matched], len(matched) - k)[len(matched) - k]

@@ -6,6 +6,7 @@ leg is the same SQLite FTS5 index (`app.index.lexical`), in an in-memory databas
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import numpy as np
 
 from app.core.candidates import Candidates, DocumentTable
 from app.core.documents import Document, Hit
+from app.core.filters import MetadataFilter
 from app.core.ranking import top_k
 from app.index import lexical
 
@@ -83,39 +85,81 @@ class MemoryIndex:
             self._db.execute("DELETE FROM docs WHERE id=?", (doc_id,))
         return True
 
-    def search(self, queries: np.ndarray, k: int, with_text: bool = True) -> list[list[Hit]]:
-        return [found.hits() for found in self.search_candidates(queries, k, with_text)]
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        with_text: bool = True,
+        where: MetadataFilter | None = None,
+    ) -> list[list[Hit]]:
+        return [found.hits() for found in self.search_candidates(queries, k, with_text, where)]
 
     def search_candidates(
-        self, queries: np.ndarray, k: int, with_text: bool = False
+        self,
+        queries: np.ndarray,
+        k: int,
+        with_text: bool = False,
+        where: MetadataFilter | None = None,
     ) -> list[Candidates]:
         queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)
         tables = self._current_tables()
         table = tables.with_text if with_text else tables.ids_only
-        if not self._documents:
+        allowed = self._allowed(where)
+        if not self._documents or (allowed is not None and not len(allowed)):
             return [Candidates.none(table) for _ in range(len(queries))]
-        rows, scores = top_k(queries, self._matrix, k)
+        if allowed is None:
+            rows, scores = top_k(queries, self._matrix, k)
+        else:
+            rows, scores = top_k(queries, self._matrix[allowed], k)
+            rows = allowed[rows]
         rows, widened = rows.astype(np.int64), scores.astype(np.float64)
         return [Candidates(r, s, table) for r, s in zip(rows, widened, strict=True)]
 
     def lexical_search(
-        self, queries: Sequence[str], k: int, with_text: bool = True
+        self,
+        queries: Sequence[str],
+        k: int,
+        with_text: bool = True,
+        where: MetadataFilter | None = None,
     ) -> list[list[Hit]]:
-        return [found.hits() for found in self.lexical_candidates(queries, k, with_text)]
+        return [found.hits() for found in self.lexical_candidates(queries, k, with_text, where)]
 
     def lexical_candidates(
-        self, queries: Sequence[str], k: int, with_text: bool = False
+        self,
+        queries: Sequence[str],
+        k: int,
+        with_text: bool = False,
+        where: MetadataFilter | None = None,
     ) -> list[Candidates]:
         tables = self._current_tables()
         table = tables.with_text if with_text else tables.ids_only
+        rowids = None
+        if (allowed := self._allowed(where)) is not None:
+            keys = list(self._documents)
+            ids = json.dumps([keys[row] for row in allowed.tolist()])
+            found = "SELECT rowid FROM docs WHERE id IN (SELECT value FROM json_each(?))"
+            rowids = [row[0] for row in self._db.execute(found, (ids,))]
         return [
             Candidates(
                 np.array([tables.position[doc_id] for doc_id, _ in hits], dtype=np.int64),
                 np.array([score for _, score in hits], dtype=np.float64),
                 table,
             )
-            for hits in lexical.search(self._db, queries, k, columns="d.id")
+            for hits in lexical.search(self._db, queries, k, columns="d.id", allowed=rowids)
         ]
+
+    def _allowed(self, where: MetadataFilter | None) -> np.ndarray | None:
+        """Matrix rows of the documents `where` allows (None: no filter)."""
+        if where is None:
+            return None
+        return np.array(
+            [
+                row
+                for row, doc in enumerate(self._documents.values())
+                if where.matches(doc.metadata)
+            ],
+            dtype=np.int64,
+        )
 
     def _current_tables(self) -> _Tables:
         if self._tables is None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from app.core.candidates import Candidates
 from app.core.documents import Hit
+from app.core.filters import MetadataFilter
 from app.encoder.base import Chooser, QueryEncoder, RoutedPass
 from app.errors import EncoderFailed, NotFound, ServiceError
 from app.index import IndexStore
@@ -43,6 +44,7 @@ class SearchJob:
     k: int
     with_text: bool
     texts: Sequence[str] | None = None  # query texts for a lexical (BM25) search
+    where: MetadataFilter | None = None  # the documents it may return
 
     @property
     def lexical(self) -> bool:
@@ -119,24 +121,24 @@ def _guarded(rows: int, call: Any) -> Any:
 
 
 def search_batch(indexes: IndexStore):
-    """One search per (index, leg, text) group of the batch's jobs, one after another (a
-    thread per index measured slower in the service: reports/hybrid.md); each job's answer
+    """One search per (index, leg, text, filter) group of the batch's jobs, one after another
+    (a thread per index measured slower in the service: reports/hybrid.md); each job's answer
     is one `Candidates` per query row (rows and scores: hits are built when read)."""
 
     def run(jobs: Sequence[SearchJob]) -> list[list[Candidates]]:
-        groups: dict[tuple[str, bool, bool], list[int]] = defaultdict(list)
+        groups: dict[tuple[str, bool, bool, MetadataFilter | None], list[int]] = defaultdict(list)
         for i, job in enumerate(jobs):
-            groups[(job.index, job.with_text, job.lexical)].append(i)
+            groups[(job.index, job.with_text, job.lexical, job.where)].append(i)
         results: list[list[Candidates]] = [[] for _ in jobs]
-        for (name, with_text, lexical), members in groups.items():
+        for (name, with_text, lexical, where), members in groups.items():
             index = indexes.get(name)
             k = max(jobs[i].k for i in members)
             if lexical:
                 texts = [t for i in members for t in jobs[i].texts or ()]
-                found = index.lexical_candidates(texts, k, with_text)
+                found = index.lexical_candidates(texts, k, with_text, where)
             else:
                 vectors = np.concatenate([jobs[i].vectors for i in members])
-                found = index.search_candidates(vectors, k, with_text)
+                found = index.search_candidates(vectors, k, with_text, where)
             start = 0
             for i in members:
                 n = len(jobs[i])

@@ -602,7 +602,11 @@ class RetrievalService:
         try:
             self.indexes.get(name)
             job = SearchJob(
-                name, np.stack([vectors[key] for key in keys]), options.dense_depth, with_text
+                name,
+                np.stack([vectors[key] for key in keys]),
+                options.dense_depth,
+                with_text,
+                where=options.where,
             )
             hits = await self.search_batcher.submit(job, size=len(keys))
         except NotFound:
@@ -617,7 +621,12 @@ class RetrievalService:
         try:
             self.indexes.get(name)
             job = SearchJob(
-                name, None, options.lexical_depth, False, texts=[queries[qi] for qi in positions]
+                name,
+                None,
+                options.lexical_depth,
+                False,
+                texts=[queries[qi] for qi in positions],
+                where=options.where,
             )
             hits = await self.lexical_batcher.submit(job, size=len(positions))
         except NotFound:
