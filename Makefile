@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export RR_DATASETS_DIR ?= ../shared/datasets
 
-.PHONY: install lock test-latest redis browser run test test-fast lint experts eval bench bench-smoke \
+.PHONY: install lock test-latest redis browser run test test-fast lint experts eval bench bench-smoke bench-filters \
 	bench-latency bench-propagation bench-first-search bench-ingest soak clean
 
 # Installs come from the lock (requirements/*.lock, made by `make lock`): every package pinned
@@ -125,6 +125,10 @@ bench-propagation: install redis
 # time (reports/ingest.md; 3 min here, a 1M-document store and its snapshot on temp disk).
 bench-ingest: install
 	$(PY) -m bench.ingest
+
+# Filtered against unfiltered search on a 100k-document index (reports/filters.md).
+bench-filters: install
+	$(PY) -m bench.filters
 
 # Faults with figures, exit 1 on any loss: kill -9 during writes (20 rounds), searches under
 # expert churn at c=32, Redis restarted under two gateways, a full index volume (a small tmpfs:
