@@ -216,3 +216,52 @@ def test_playground_is_served_from_the_package(fake_client: TestClient) -> None:
     for asset in ("/playground/app.js", "/playground/style.css"):
         assert asset in page.text and fake_client.get(asset).status_code == 200
     assert "http" not in page.text.split("<body>")[1]  # nothing from another host
+
+
+def test_metadata_filters_on_every_mode(fake_client: TestClient, lora_a, lora_b) -> None:
+    populate(fake_client, lora_a, lora_b)
+    dated = [
+        {"id": f"p{i}", "text": f"python list recipe {i}", "metadata": {"year": 2000 + i}}
+        for i in range(12)
+    ]
+    fake_client.put("/admin/experts/code/documents", headers=AUTH, json={"documents": dated})
+    recent = {"year": {"gte": 2008}}
+    for mode in ("hybrid", "dense", "lexical"):
+        body = {"query": "python list", "expert": "code", "k": 3, "mode": mode}
+        hits = fake_client.post("/v1/search", json={**body, "filter": recent}).json()["hits"]
+        # k matching hits come back though most documents (and most top hits) do not match
+        assert len(hits) == 3 and all(h["metadata"]["year"] >= 2008 for h in hits), mode
+        query = body.pop("query")
+        batch = {**body, "queries": [query, query], "filter": {"lang": "python"}}
+        [one, two] = fake_client.post("/v1/search/batch", json=batch).json()
+        assert [h["id"] for h in one["hits"]] == [h["id"] for h in two["hits"]] == ["c1"], mode
+    routed = {"query": "python sort", "top_experts": 2, "filter": {"year": {"lt": 2001}}}
+    assert [h["id"] for h in fake_client.post("/v1/search", json=routed).json()["hits"]] == ["p0"]
+    nothing = {"query": "python sort", "filter": {"year": 1999}}
+    assert fake_client.post("/v1/search", json=nothing).json()["hits"] == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"year": {"gte": "yesterday"}}, "filter: field 'year': 'gte' takes a number or an ISO"),
+        ({"year": {"near": 3}}, "filter: field 'year': unknown operator 'near'"),
+        ({"source": {"in": []}}, "filter: field 'source': 'in' takes a non-empty list"),
+        ("lang=en", "filter: Input should be a valid dictionary"),
+    ],
+)
+def test_malformed_filters_are_422_in_plain_words(
+    fake_client: TestClient, bad: object, message: str
+) -> None:
+    response = fake_client.post("/v1/search", json={"query": "x", "filter": bad})
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith(message)
+
+
+def test_the_schema_documents_filters(fake_client: TestClient) -> None:
+    schemas = fake_client.get("/openapi.json").json()["components"]["schemas"]
+    choices = schemas["SearchRequest"]["properties"]["filter"]["anyOf"]
+    [described] = [s for s in choices if s.get("type") == "object"]
+    condition = described["additionalProperties"]["anyOf"][-1]
+    assert set(condition["properties"]) == {"eq", "in", "gt", "gte", "lt", "lte"}
+    assert "gte" in described["description"]

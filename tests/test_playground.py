@@ -36,6 +36,8 @@ AERO_DOCS = [
     {"id": "w2", "title": "Boundary layers", "text": "Transition of the boundary layer on wings."},
     {"id": "w3", "title": "Heat shields", "text": "Ablative heat shields for re-entry vehicles."},
 ]
+for _doc, _year in zip(AERO_DOCS, (1990, 2005, 2015), strict=True):
+    _doc["metadata"] = {"year": _year}
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +101,17 @@ def test_search_shows_the_routing_the_api_decides(browser, gateway: str, tmp_pat
         "!document.querySelector('#hits li.hit .meta').textContent.includes('dense')"
     )
     assert "BM25" in page.inner_text("#hits li.hit .meta")
+    # A metadata filter: only the matching document, even where it ranks last unfiltered.
+    page.select_option("#mode", "hybrid")
+    page.fill("#filter", '{"year": {"gte": 2010}}')
+    page.click("#search-button")
+    page.wait_for_function("document.querySelectorAll('#hits li.hit').length === 1")
+    assert page.inner_text("#hits li.hit .meta").endswith("id w3")
+    page.fill("#filter", '{"year": {"gte": "last year"}}')
+    page.click("#search-button")
+    page.wait_for_selector("#search-error:not([hidden])")
+    assert "filter: field 'year'" in page.inner_text("#search-error")
+    page.fill("#filter", "")
     page.click("button[data-view=experts]")
     page.wait_for_selector("#experts-table tbody tr[data-expert=cranfield]")
     documents = page.inner_text("#experts-table tr[data-expert=cranfield] .documents")

@@ -5,8 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Path as PathParam
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
+from app.core.filters import MAX_FIELDS, MAX_IN_VALUES, OPS, RANGE_OPS, MetadataFilter
 from app.core.names import NAME_PATTERN
 from app.core.text import NOT_BLANK, blank, not_utf8
 from app.encoder.base_model import BASE_MODEL_NAME, EMBEDDING_DIM
@@ -28,6 +37,56 @@ DocumentId = Annotated[
     str, PathParam(min_length=1, max_length=512, description="Document id (as upserted).")
 ]
 QueryText = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK)]
+
+
+def _valid_filter(spec: dict[str, Any]) -> dict[str, Any]:
+    MetadataFilter.parse(spec)  # ValueError in plain words: a 422 naming the field
+    return spec
+
+
+_SCALAR_SCHEMA: list[dict[str, Any]] = [
+    {"type": "string"},
+    {"type": "number"},
+    {"type": "boolean"},
+]
+_BOUND_SCHEMA = {
+    "anyOf": [
+        {"type": "number"},
+        {"type": "string", "format": "date"},
+        {"type": "string", "format": "date-time"},
+    ]
+}
+_CONDITION_SCHEMA = {
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": False,
+    "properties": {
+        "eq": {"anyOf": _SCALAR_SCHEMA},
+        "in": {
+            "type": "array",
+            "items": {"anyOf": _SCALAR_SCHEMA},
+            "minItems": 1,
+            "maxItems": MAX_IN_VALUES,
+        },
+        **{op: _BOUND_SCHEMA for op in RANGE_OPS},
+    },
+}
+assert set(_CONDITION_SCHEMA["properties"]) == set(OPS)  # type: ignore[call-overload]
+MetadataFilterIn = Annotated[
+    dict[str, Any],
+    AfterValidator(_valid_filter),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": MAX_FIELDS,
+            "additionalProperties": {"anyOf": [*_SCALAR_SCHEMA, _CONDITION_SCHEMA]},
+            "description": "Conditions on metadata fields, all of which must hold, applied "
+            "before the top k: a bare value is equality; an object takes eq, in (a list), "
+            "gt, gte, lt, lte (numbers, or ISO 8601 dates against date strings). Example: "
+            '{"year": {"gte": 2010}, "source": {"in": ["a", "b"]}, "lang": "en"}.',
+        }
+    ),
+]
 
 
 class _Strict(BaseModel):
@@ -73,6 +132,11 @@ class SearchOptionsIn(_Strict):
         description='How hybrid fuses its two lists: "convex" (min-max normalised scores, '
         'weighted by the expert\'s learned dense weight) or "rrf" (reciprocal rank).',
     )
+    filter: MetadataFilterIn | None = None
+
+    def where(self) -> MetadataFilter | None:
+        """The filter, parsed (validated already: this cannot fail)."""
+        return None if not self.filter else MetadataFilter.parse(self.filter)
 
 
 class SearchRequest(SearchOptionsIn):

@@ -52,6 +52,7 @@ def _options(body: SearchOptionsIn) -> SearchOptions:
         mode=body.mode,
         fusion=body.fusion,
         truncate=body.truncate,
+        where=body.where(),
     )
 
 

@@ -143,6 +143,14 @@ async function search(event) {
     k: Number($("#k").value) || 10,
   };
   try {
+    const filter = $("#filter").value.trim();
+    if (filter) {
+      try {
+        body.filter = JSON.parse(filter);
+      } catch {
+        throw new Error(`filter: not JSON (e.g. {"lang": "en"}): ${filter}`);
+      }
+    }
     const result = await call("POST", "/v1/search", { json: body });
     drawRouting(result.routing);
     drawTiming(result.timing_ms);
