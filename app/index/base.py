@@ -81,3 +81,28 @@ class VectorIndex(Protocol):
         ...
 
     def get(self, doc_id: str) -> Document | None: ...
+
+
+class HitsFromCandidates:
+    """`search` and `lexical_search` of the contract, built from the `*_candidates` calls
+    every backend implements."""
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        with_text: bool = True,
+        where: MetadataFilter | None = None,
+    ) -> list[list[Hit]]:
+        found = self.search_candidates(queries, k, with_text, where)  # type: ignore[attr-defined]
+        return [candidates.hits() for candidates in found]
+
+    def lexical_search(
+        self,
+        queries: Sequence[str],
+        k: int,
+        with_text: bool = True,
+        where: MetadataFilter | None = None,
+    ) -> list[list[Hit]]:
+        found = self.lexical_candidates(queries, k, with_text, where)  # type: ignore[attr-defined]
+        return [candidates.hits() for candidates in found]

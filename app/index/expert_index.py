@@ -32,6 +32,7 @@ from app.core.filters import MetadataFilter
 from app.core.text import not_utf8, repaired
 from app.errors import NotFound, StorageFull
 from app.index import lexical, lexical_postings, metadata_columns
+from app.index.base import HitsFromCandidates
 from app.index.faiss_backend import (
     faiss_module,
     member_mask,
@@ -68,7 +69,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-class ExpertIndex:
+class ExpertIndex(HitsFromCandidates):
     """Thread-safe. `_write_lock` orders writers (the SQLite write connection); `_lock`
     guards the FAISS index, held only while it is searched or changed in memory. Reads of
     rows go through per-thread WAL read connections, so no read waits for a commit."""
@@ -496,16 +497,6 @@ class ExpertIndex:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        with_text: bool = True,
-        where: MetadataFilter | None = None,
-    ) -> list[list[Hit]]:
-        """Top-k hits per query row, best first (of the documents `where` allows)."""
-        return [found.hits() for found in self.search_candidates(queries, k, with_text, where)]
-
     def search_candidates(
         self,
         queries: np.ndarray,
@@ -584,16 +575,6 @@ class ExpertIndex:
         ):
             return None
         return postings
-
-    def lexical_search(
-        self,
-        queries: Sequence[str],
-        k: int,
-        with_text: bool = True,
-        where: MetadataFilter | None = None,
-    ) -> list[list[Hit]]:
-        """Top-k hits per query text by BM25, best first (of the documents `where` allows)."""
-        return [found.hits() for found in self.lexical_candidates(queries, k, with_text, where)]
 
     def lexical_candidates(
         self,

@@ -18,9 +18,10 @@ from app.core.documents import Document, Hit
 from app.core.filters import MetadataFilter
 from app.core.ranking import top_k
 from app.index import lexical
+from app.index.base import HitsFromCandidates
 
 
-class MemoryIndex:
+class MemoryIndex(HitsFromCandidates):
     def __init__(self, name: str, dim: int) -> None:
         self.name = name
         self.dim = dim
@@ -85,15 +86,6 @@ class MemoryIndex:
             self._db.execute("DELETE FROM docs WHERE id=?", (doc_id,))
         return True
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        with_text: bool = True,
-        where: MetadataFilter | None = None,
-    ) -> list[list[Hit]]:
-        return [found.hits() for found in self.search_candidates(queries, k, with_text, where)]
-
     def search_candidates(
         self,
         queries: np.ndarray,
@@ -114,15 +106,6 @@ class MemoryIndex:
             rows = allowed[rows]
         rows, widened = rows.astype(np.int64), scores.astype(np.float64)
         return [Candidates(r, s, table) for r, s in zip(rows, widened, strict=True)]
-
-    def lexical_search(
-        self,
-        queries: Sequence[str],
-        k: int,
-        with_text: bool = True,
-        where: MetadataFilter | None = None,
-    ) -> list[list[Hit]]:
-        return [found.hits() for found in self.lexical_candidates(queries, k, with_text, where)]
 
     def lexical_candidates(
         self,
