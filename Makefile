@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export RR_DATASETS_DIR ?= ../shared/datasets
 
-.PHONY: install lock test-latest redis browser run test test-fast lint experts eval bench bench-smoke bench-filters \
+.PHONY: install lock test-latest redis browser containers compose-test run test test-fast lint experts eval bench bench-smoke bench-filters \
 	bench-latency bench-propagation bench-first-search bench-ingest soak clean
 
 # Installs come from the lock (requirements/*.lock, made by `make lock`): every package pinned
@@ -47,10 +47,24 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
+# The deployment test (tests/test_compose.py) needs a container engine: Docker where its
+# engine answers, else Podman from Debian (with runc, buildah and debootstrap for local base
+# images). A failed install leaves the test skipped, saying why.
+containers:
+	@docker info >/dev/null 2>&1 || command -v podman >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO apt-get install -y -qq podman buildah runc debootstrap; } || \
+	  echo "containers: podman not installed; tests/test_compose.py will skip"
+
+# Build the CPU image, start the whole stack and check it from outside (docs/DEPLOY.md).
+compose-test: install containers
+	$(PY) -m pytest -q -s tests/test_compose.py
+
 run: install
 	$(RR) serve --host $(HOST) --port $(PORT)
 
-test: install redis browser
+test: install redis browser containers
 	$(PY) -m pytest -q
 
 # Refresh the lock after changing a dependency in pyproject.toml (pins still allowed are kept),
