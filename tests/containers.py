@@ -73,7 +73,7 @@ class Engine:
         return self.run("image", "inspect", image, check=False).returncode == 0
 
     def build_volumes(self) -> list[str]:
-        """What a build container needs to reach the package mirrors the host reaches: the
+        """What the gateway's build needs to reach the pip mirror the host reaches: the
         host's CA bundle and pip settings (Podman only: `docker build` mounts nothing)."""
         if self.name != "podman":
             return []
@@ -133,11 +133,12 @@ def base_images(engine: Engine) -> dict[str, str]:
     for name, image in LOCAL_IMAGES.items():
         if not engine.has_image(image):
             started = time.perf_counter()
+            # apt over the Debian mirror needs no host CA; mounting it read-only would
+            # break the ca-certificates package's own set-up.
             engine.run(
                 "build",
                 "--network",
                 "host",
-                *engine.build_volumes(),
                 "-f",
                 str(DOCKER / "base-images" / f"{name}.Containerfile"),
                 "-t",
@@ -164,16 +165,15 @@ def _import_debootstrap(engine: Engine) -> None:
             for path in (rootfs / leftover).glob("*"):
                 if path.is_file():
                     path.unlink()
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(
-            [engine.name, "import", "-", LOCAL_ROOT_IMAGE],
-            stdin=tar.stdout,
-            env={**os.environ, **engine.env},
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        tar.wait(timeout=60)
+        with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
+            subprocess.run(
+                [engine.name, "import", "-", LOCAL_ROOT_IMAGE],
+                stdin=tar.stdout,
+                env={**os.environ, **engine.env},
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
     log(f"debootstrap bookworm -> {LOCAL_ROOT_IMAGE} in {time.perf_counter() - started:.0f}s")
 
 
