@@ -265,3 +265,33 @@ def test_the_schema_documents_filters(fake_client: TestClient) -> None:
     condition = described["additionalProperties"]["anyOf"][-1]
     assert set(condition["properties"]) == {"eq", "in", "gt", "gte", "lt", "lte"}
     assert "gte" in described["description"]
+
+
+def test_an_expert_whose_gate_is_off_serves_base_vectors_on_its_own_index(
+    fake_settings, lora_a, lora_b
+) -> None:
+    from app.experts.artifacts import read_expert, update_spec
+
+    with TestClient(create_app(fake_settings)) as client:
+        populate(client, lora_a, lora_b)
+    update_spec(read_expert(fake_settings.experts_dir / "code"), use_adapter=False)
+    with TestClient(create_app(fake_settings)) as client:
+        listed = {e["name"]: e for e in client.get("/v1/experts").json()["experts"]}
+        assert listed["code"]["use_adapter"] is False and listed["aero"]["use_adapter"] is True
+        query = "python sort list"
+        as_code = client.post("/v1/embeddings", json={"input": query, "model": "code"}).json()
+        as_base = client.post("/v1/embeddings", json={"input": query, "model": "base"}).json()
+        as_aero = client.post("/v1/embeddings", json={"input": query, "model": "aero"}).json()
+        base = np.array(as_base["data"][0]["embedding"])
+        assert np.allclose(as_code["data"][0]["embedding"], base, atol=1e-6)
+        assert not np.allclose(as_aero["data"][0]["embedding"], base, atol=1e-3)
+        # Routing still picks the expert's index; the query vector there is the base one.
+        body = client.post("/v1/search", json={"query": query, "mode": "dense"}).json()
+        assert body["routing"]["expert"] == "code"
+        assert {h["index"] for h in body["hits"]} == {"code"}
+        doc = client.post(
+            "/v1/embeddings", json={"input": "sort python sort a list", "model": "base"}
+        )
+        expected = float(np.dot(base, doc.json()["data"][0]["embedding"]))
+        [top] = [h for h in body["hits"] if h["id"] == "c1"]
+        assert top["dense_score"] == pytest.approx(expected, abs=1e-5)

@@ -150,7 +150,10 @@ class BatchSearchRequest(SearchOptionsIn):
 class HitOut(BaseModel):
     id: str
     score: float
-    expert: str = Field(description="Expert whose encoder embedded the query for this hit.")
+    expert: str = Field(
+        description="Expert whose encoder embedded the query for this hit (the base "
+        "encoder's vectors where that expert's use_adapter is false)."
+    )
     index: str = Field(description="Index (collection) that holds the document.")
     title: str | None = None
     text: str | None = None
@@ -310,6 +313,12 @@ class ExpertOut(BaseModel):
         None,
         description="Hybrid search's dense weight for queries this expert embeds; null: "
         "chosen per query by the fallback model.",
+    )
+    use_adapter: bool = Field(
+        True,
+        description="false: queries routed to this expert are embedded by the base encoder "
+        "and search its index (on its held-out queries the adapter did not beat the base "
+        'encoder in hybrid search; evidence in extra["gate"]).',
     )
     documents: int
     resident: bool

@@ -34,6 +34,17 @@ METRICS = ("ndcg@10", "recall@100")
 BASE = BASE_EXPERT
 
 
+def per_query_ndcg(run: Run, qrels: dict[str, dict[str, int]]) -> np.ndarray:
+    """nDCG@10 of each query of `run` (ranx), in the order of `qrels`' sorted query ids."""
+    from ranx import Qrels, evaluate
+    from ranx import Run as RanxRun
+
+    values = evaluate(
+        Qrels(qrels), RanxRun(run), "ndcg@10", return_mean=False, make_comparable=True
+    )
+    return np.asarray(values, dtype=np.float64)
+
+
 @dataclass
 class EvalResult:
     scores: dict[str, dict[str, dict[str, float]]] = field(
@@ -206,6 +217,10 @@ def run_eval(
         )
         features[data.name] = encoder.routing_features(data.query_texts)
         for name in adapters:
+            if name in experts and not experts[name].spec.use_adapter:
+                # Its gate is off (app/evaluation/gate.py): served with the base vectors.
+                data.encoded[name] = data.encoded[BASE]
+                continue
             data.encoded[name] = encoder.encode(data.query_texts, [name] * len(data.query_texts))
         rows, scores = bm25_search(doc_texts, data.query_texts, k)
         result.record(

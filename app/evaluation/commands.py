@@ -61,6 +61,55 @@ def register(cli: typer.Typer) -> None:
         write_report(data, out, notes=[*_notes(), precision])
         typer.echo("\n".join(averages_table(data)))
 
+    @cli.command("gate-experts")
+    def gate_experts_command(
+        benchmark: Path = typer.Option(None, help="benchmark.json (default: RR_DATASETS_DIR)."),
+        only: list[str] = typer.Option(None, help="Gate only these experts."),
+        experts_dir: Path = typer.Option(None, help="Default: RR_EXPERTS_DIR."),
+        cache_dir: Path = typer.Option(None, help=CACHE_HELP),
+    ) -> None:
+        """Keep each expert's adapter only where, on its held-out TRAIN queries, hybrid
+        search with it beats hybrid with the base encoder on its index by two standard
+        errors; else its queries use the base encoder (expert.json `use_adapter`)."""
+        from tqdm import tqdm
+
+        from app.core.hybrid import weights_lookup
+        from app.data.beir import load_benchmark
+        from app.evaluation.gate import gate_expert
+        from app.experts.artifacts import (
+            list_expert_dirs,
+            read_expert,
+            read_fusion_models,
+            update_spec,
+        )
+        from app.training.build_pilots import expert_encoder
+
+        cli_logging()
+        experts_dir = experts_dir or cli_settings().experts_dir
+        experts = {p.name: read_expert(p) for p in list_expert_dirs(experts_dir)}
+        sets = {e.name: e.directory for e in load_benchmark(benchmark_path(benchmark)).experts}
+        weights = weights_lookup(
+            {n: e.spec.fusion_weight for n, e in experts.items()},
+            *read_fusion_models(experts_dir),
+        )
+        encoder = expert_encoder(experts_dir)
+        encoder.use_document_precision(cli_settings().document_precision)  # as served
+        names = [n for n in sorted(experts) if not only or n in only]
+        for name in tqdm(names, desc="gating experts", unit="expert"):
+            expert = experts[name]
+            dataset = sets.get(expert.spec.extra.get("dataset", name))
+            if dataset is None:
+                typer.echo(f"{name:32s} no train set in the benchmark: left as it is")
+                continue
+            gate = gate_expert(expert, dataset, encoder, embedding_cache(cache_dir), weights)
+            extra = {**expert.spec.extra, "gate": gate}
+            update_spec(expert, use_adapter=gate["use_adapter"], extra=extra)
+            typer.echo(
+                f"{name:32s} use_adapter={gate['use_adapter']!s:5s} "
+                f"adapter {gate['hybrid_ndcg@10_adapter']} base {gate['hybrid_ndcg@10_base']} "
+                f"gain {gate['gain']} se {gate['standard_error']} ({gate['queries']} queries)"
+            )
+
 
 def _load_variants(path: Path) -> dict[str, dict]:
     import numpy as np

@@ -54,6 +54,10 @@ class ExpertSpec:
     # Hybrid search's dense weight for queries this expert embeds (learned on its train
     # queries by `rr tune-fusion`); None = the per-query fallback model.
     fusion_weight: float | None = None
+    # False: queries routed here are embedded by the base encoder (the routing still picks
+    # this expert's index), because on its held-out queries the adapter did not beat the
+    # base encoder in hybrid search (`rr gate-experts`; its evidence in extra["gate"]).
+    use_adapter: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # training config, metrics, ...
 
     def to_json(self) -> dict[str, Any]:

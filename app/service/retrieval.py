@@ -179,17 +179,27 @@ class RetrievalService:
 
     def _version(self, expert: str, leased: dict[str, str | None] | None = None) -> str:
         """The cache key's encoder version; `leased`: versions as a lease took them (the
-        registry may have dropped a name that is being deleted while its lease runs)."""
-        if expert == BASE_EXPERT:
+        registry may have dropped a name that is being deleted while its lease runs). An
+        expert whose adapter is not used has the base encoder's vectors, and version."""
+        if expert == BASE_EXPERT or not self._uses_adapter(expert):
             return BASE_EXPERT
         if leased is not None and expert in leased:
             return f"{expert}@{leased[expert]}"
         return f"{expert}@{self.registry.get(expert).spec.adapter_sha256}"
 
+    def _uses_adapter(self, expert: str) -> bool:
+        """False where the expert's gate says its adapter does not help (expert.json
+        `use_adapter`): its queries are the base encoder's, whatever the shortcuts."""
+        try:
+            return self.registry.get(expert).spec.use_adapter
+        except NotFound:  # deleted meanwhile: let the encoder report it
+            return True
+
     def _is_base(self, expert: str) -> bool:
-        """The plain base model, or an expert whose adapter leaves it unchanged (a shortcut:
-        its rows reuse base vectors; when it is off they run the expert's adapter)."""
-        if expert == BASE_EXPERT:
+        """The plain base model, an expert whose adapter is not used (its gate), or one
+        whose adapter leaves it unchanged (a shortcut: its rows reuse base vectors; when it
+        is off they run the expert's adapter)."""
+        if expert == BASE_EXPERT or not self._uses_adapter(expert):
             return True
         if not self.shortcuts.enabled(IDENTITY_EXPERT_SKIP):
             return False

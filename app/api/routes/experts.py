@@ -30,6 +30,7 @@ def describe(info: ExpertInfo) -> ExpertOut:
         adapter_sha256=spec.adapter_sha256,
         fallback_threshold=spec.fallback_threshold,
         fusion_weight=spec.fusion_weight,
+        use_adapter=spec.use_adapter,
         documents=info.documents,
         resident=info.resident,
         resident_bytes=info.resident_bytes,
