@@ -157,7 +157,7 @@ def render(rows, docs: int, threads: int) -> str:
         "`columns`: the metadata columns current (served after writes pause); `exact`: each "
         "stored document's metadata read (while columns rebuild, or the shortcut is off). "
         f"The flat search gathers the allowed vectors below {GATHER_MAX_SHARE:.0%} of the "
-        "index and masks the others above it.",
+        "index and, above it, searches the whole index deep enough for k allowed hits.",
         "",
         "| filter | allows | path | " + " | ".join(legs) + " |",
         "|---|---|---|" + "---|" * len(legs),
