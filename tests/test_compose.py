@@ -86,6 +86,8 @@ def stack() -> Iterator[tuple[containers.Stack, str]]:
         deployed.compose("up", "-d", "--no-build")
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, "readyz")
+        for gateway in deployed.containers("gateway"):  # each replica, not just the first
+            wait_for(lambda g=gateway: call_inside(deployed, g, "/readyz"), f"{gateway} ready")
         done()
         yield deployed, url
     finally:
@@ -99,15 +101,18 @@ def stack() -> Iterator[tuple[containers.Stack, str]]:
         assert left <= volumes_before, left - volumes_before
 
 
-def call_inside(deployed: containers.Stack, container: str, path: str, body: dict) -> dict:
-    """POST to one gateway itself, from inside its container (not through the lb)."""
+def call_inside(
+    deployed: containers.Stack, container: str, path: str, body: dict | None = None
+) -> dict:
+    """GET, or POST `body`, on one gateway itself, from inside its container (not the lb)."""
     script = (
         "import json, sys, urllib.request; "
-        "r = urllib.request.Request('http://127.0.0.1:8000' + sys.argv[1], "
-        "data=sys.argv[2].encode(), headers={'content-type': 'application/json'}); "
+        "data = sys.argv[2].encode() if len(sys.argv) > 2 else None; "
+        "r = urllib.request.Request('http://127.0.0.1:8000' + sys.argv[1], data=data, "
+        "headers={'content-type': 'application/json'}); "
         "print(urllib.request.urlopen(r, timeout=60).read().decode())"
     )
-    command = ["python", "-c", script, path, json.dumps(body)]
+    command = ["python", "-c", script, path, *([] if body is None else [json.dumps(body)])]
     return json.loads(deployed.exec(container, command))
 
 

@@ -620,7 +620,8 @@ def test_nginx_finds_scaled_replicas_through_the_network_dns(
 def test_nginx_never_resends_admin_writes() -> None:
     locations = nginx_blocks(NGINX_CONF.read_text(), "location")
     assert {"/", "/v1/", "/admin/"} <= set(locations)
-    assert nginx_directives(locations["/admin/"], "proxy_next_upstream") == ["off"]
+    # Only a write that never reached a replica (no `non_idempotent`: nothing was sent).
+    assert nginx_directives(locations["/admin/"], "proxy_next_upstream") == ["error"]
     for path, body in locations.items():
         retries = " ".join(nginx_directives(body, "proxy_next_upstream"))
         # Only the read-only API may have a POST re-sent to another replica.
