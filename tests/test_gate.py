@@ -89,3 +89,12 @@ def test_the_gate_compares_both_arms_on_the_held_out_slice(tmp_path: Path, ident
     else:  # the decision is the rule applied to what was measured
         se = gate["standard_error"]
         assert gate["use_adapter"] == (se is not None and gate["gain"] > 2 * se)
+
+
+def test_a_gated_expert_takes_the_base_encoders_fusion_weights() -> None:
+    from app.core.hybrid import QueryWeights, weights_lookup
+
+    fallback, routed = QueryWeights.constant(0.3), QueryWeights.constant(0.6)
+    lookup = weights_lookup({"on": 0.9, "off": 0.9}, fallback, routed, gated={"off"})
+    assert lookup("on") == QueryWeights.constant(0.9)
+    assert lookup("off") is fallback and lookup("base") is fallback

@@ -16,7 +16,7 @@ train queries only (`rr tune-fusion`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -214,13 +214,15 @@ def weights_lookup(
     expert_weights: Mapping[str, float | None],
     fallback: QueryWeights,
     routed: QueryWeights | None = None,
+    gated: Collection[str] = (),
 ) -> Callable[[str], QueryWeights]:
     """Hybrid's dense weight for a query an encoder embedded: the base model's (fallback)
     queries use the `fallback` model; an expert's, its own weight if it has one, else the
-    `routed` model (the fallback model when there is none)."""
+    `routed` model (the fallback model when there is none). A `gated` expert's queries are
+    the base encoder's (its adapter is not used): the fallback model's too."""
 
     def lookup(encoder: str) -> QueryWeights:
-        if encoder == BASE_EXPERT:
+        if encoder == BASE_EXPERT or encoder in gated:
             return fallback
         weight = expert_weights.get(encoder)
         if weight is not None:

@@ -238,7 +238,9 @@ def run_eval(
 
     names = sorted(experts)
     weights = weights_lookup(
-        {n: e.spec.fusion_weight for n, e in experts.items()}, *read_fusion_models(experts_dir)
+        {n: e.spec.fusion_weight for n, e in experts.items()},
+        *read_fusion_models(experts_dir),
+        gated={n for n, e in experts.items() if not e.spec.use_adapter},
     )
     by_name = {e.name: e for e in benchmark.experts}
     # The served router: the experts' pilot sets (routing features of train queries), as

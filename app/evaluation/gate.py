@@ -1,12 +1,13 @@
 """An expert's adapter is used only where it helps: its gate (issue 22).
 
 On the expert's held-out TRAIN queries (the slice its training selected on, the same hashed
-split), hybrid search on its own index runs twice through the gateway's retrieval core: with
-the adapter's query vectors, and with the base encoder's (its fusion weight either way: what
-serving does in both cases). The adapter stays on only if its mean nDCG@10 gain beats two
-standard errors of the paired per-query differences; otherwise queries routed to the expert
-are embedded by the base encoder and still search its index. Serving reads the decision from
-expert.json (`use_adapter`); `rr eval` gives a gated expert the base vectors, the same.
+split), hybrid search on its own index runs twice through the gateway's retrieval core: as
+the expert (the adapter's query vectors, the expert's fusion weight) and as the base encoder
+(its vectors and its fusion model): what serving does with the gate on and off. The adapter
+stays on only if its mean nDCG@10 gain beats two standard errors of the paired per-query
+differences; otherwise queries routed to the expert are the base encoder's (vectors and
+fusion weights) and still search its index. Serving reads the decision from expert.json
+(`use_adapter`); `rr eval` scores a gated expert the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.core.hybrid import QueryWeights
+from app.core.names import BASE_EXPERT
 from app.data.beir import load_corpus, load_qrels, load_queries
 from app.training.examples import Example, from_qrels, split_held_out
 
@@ -91,8 +93,12 @@ def gate_expert(
 
     texts = data.query_texts
     scores = {}
-    for arm, encoded_by in (("adapter", expert.name), ("base", BASE_ADAPTER)):
+    as_base: Callable[[str], QueryWeights] = lambda _encoder: weights(BASE_EXPERT)  # noqa: E731
+    for arm, encoded_by, arm_weights in (
+        ("adapter", expert.name, weights),
+        ("base", BASE_ADAPTER, as_base),  # what serving does when the gate is off
+    ):
         data.encoded[expert.name] = encoder.encode(texts, [encoded_by] * len(texts))
-        run = paper_run(data, [expert.name] * len(texts), mode="hybrid", weights=weights)
+        run = paper_run(data, [expert.name] * len(texts), mode="hybrid", weights=arm_weights)
         scores[arm] = per_query_ndcg(run, data.qrels)
     return decide(scores["adapter"], scores["base"])

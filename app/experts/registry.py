@@ -88,7 +88,8 @@ class ExpertRegistry:
         """Hybrid's dense weight for a query `encoder` embedded (`weights_lookup`)."""
         expert = self._experts.get(encoder)
         weight = None if expert is None else expert.spec.fusion_weight
-        return weights_lookup({encoder: weight}, *self.fusion_models)(encoder)
+        gated = () if expert is None or expert.spec.use_adapter else (encoder,)
+        return weights_lookup({encoder: weight}, *self.fusion_models, gated=gated)(encoder)
 
     def set_fusion_weight(self, name: str, weight: float | None) -> Expert:
         """Set (None: clear) an expert's hybrid dense weight, persisted in its expert.json."""
