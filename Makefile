@@ -110,7 +110,6 @@ experts: install
 	OMP_NUM_THREADS=1 $(RR) train-multitask --benchmark $(RR_DATASETS_DIR)/benchmark.json
 	OMP_NUM_THREADS=1 $(RR) build-pilots --benchmark $(RR_DATASETS_DIR)/benchmark.json
 	$(RR) tune-fusion --benchmark $(RR_DATASETS_DIR)/benchmark.json
-	$(RR) gate-experts --benchmark $(RR_DATASETS_DIR)/benchmark.json
 
 # The side-by-side evaluation (reports/eval.md, eval.json, plots).
 eval: install
