@@ -166,3 +166,17 @@ def test_the_self_check_refuses_columns_that_disagree(monkeypatch: pytest.Monkey
     db = _store([{"lang": "en" if i % 3 else "de"} for i in range(50)])
     with pytest.raises(ValueError, match="disagree"):
         metadata_columns.build(db, generation=0)
+
+
+def test_filters_equal_only_when_typed_alike() -> None:
+    """Batched searches group by filter: {"a": true} and {"a": 1} must stay two searches."""
+    pairs = [
+        ({"a": True}, {"a": 1}),
+        ({"a": False}, {"a": 0}),
+        ({"a": {"in": [True]}}, {"a": {"in": [1]}}),
+    ]
+    for left, right in pairs:
+        one, two = MetadataFilter.parse(left), MetadataFilter.parse(right)
+        assert one != two and len({one, two}) == 2
+    assert MetadataFilter.parse({"a": 1}) == MetadataFilter.parse({"a": 1.0})
+    assert hash(MetadataFilter.parse({"a": "x"})) == hash(MetadataFilter.parse({"a": "x"}))

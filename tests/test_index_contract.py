@@ -131,3 +131,26 @@ def test_filtered_search_is_the_top_k_of_the_matching_documents(
     [unfiltered] = index.search(queries[:1], 10)
     assert [h.id for h in everything_allowed] == [h.id for h in unfiltered]
     assert [h.score for h in everything_allowed] == pytest.approx([h.score for h in unfiltered])
+
+
+def test_filtered_search_on_hnsw_finds_k_of_few_allowed(tmp_path: Path) -> None:
+    """A selective filter on an HNSW index: FAISS's id selector inside the graph found fewer
+    than k (recall 0.46 at 0.2% allowed); the allowed vectors are gathered instead."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    docs = [Document(f"d{i}", "x", metadata={"rare": i % 300 == 0}) for i in range(n)]
+    index = ExpertIndex("hnsw", tmp_path / "hnsw", DIM, kind="hnsw")
+    try:
+        index.upsert(docs, vectors)
+        queries = rng.normal(size=(4, DIM)).astype(np.float32)
+        for spec, k in (({"rare": True}, 10), ({"rare": False}, 5)):
+            found = index.search(queries, k, where=MetadataFilter.parse(spec))
+            for query, hits in zip(queries, found, strict=True):
+                expected = _brute_force(docs, vectors, query, spec, k)
+                assert len(hits) == k
+                if spec["rare"]:  # gathered: exact
+                    assert [h.id for h in hits] == expected
+    finally:
+        index.close()

@@ -50,11 +50,22 @@ class Condition:
         return compare(self.op, left, self.value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MetadataFilter:
-    """Conditions that all hold (hashable: searches that share a filter share a search)."""
+    """Conditions that all hold (hashable: searches that share a filter share a search).
+    Equal only when typed alike: Python's `True == 1.0` must not merge `{"a": true}` with
+    `{"a": 1}` into one search."""
 
     conditions: tuple[Condition, ...]
+
+    def _key(self) -> tuple:
+        return tuple((c.field, c.op, c.instant, _typed(c.value)) for c in self.conditions)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MetadataFilter) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def matches(self, metadata: Mapping[str, Any]) -> bool:
         return all(c.holds(metadata.get(c.field)) for c in self.conditions)
@@ -80,6 +91,13 @@ class MetadataFilter:
 
 
 _OPS_TEXT = ", ".join(OPS)
+
+
+def _typed(value: Any) -> Any:
+    """A value with its JSON type, for equality (a tuple of them for `in`)."""
+    if isinstance(value, tuple):
+        return tuple(_typed(v) for v in value)
+    return (type(value).__name__, value)
 
 
 def _condition(field: str, op: Any, value: Any) -> Condition:
