@@ -98,3 +98,23 @@ def test_a_gated_expert_takes_the_base_encoders_fusion_weights() -> None:
     lookup = weights_lookup({"on": 0.9, "off": 0.9}, fallback, routed, gated={"off"})
     assert lookup("on") == QueryWeights.constant(0.9)
     assert lookup("off") is fallback and lookup("base") is fallback
+
+
+def test_the_gate_travels_with_the_expert(tmp_path: Path) -> None:
+    """A replica writes an expert from the change log's fields (extra among them): the
+    decision comes back from extra["gate"]."""
+    from app.experts.artifacts import read_expert, write_expert
+    from tests.helpers import write_lora
+
+    adapter = write_lora(2, tmp_path / "adapters")
+    files = [
+        (adapter / f).read_bytes() for f in ("adapter_config.json", "adapter_model.safetensors")
+    ]
+    pilots = np.zeros((0, 384), np.float32)
+    for name, extra, expected in (
+        ("gated", {"gate": {"use_adapter": False}}, False),
+        ("kept", {"gate": {"use_adapter": True}}, True),
+        ("never-gated", {}, True),
+    ):
+        write_expert(tmp_path / "experts", name, *files, pilots, extra=extra)
+        assert read_expert(tmp_path / "experts" / name).spec.use_adapter is expected

@@ -129,6 +129,8 @@ def write_expert(
         pilot_count=int(pilots.shape[0]),
         adapter_sha256=hashlib.sha256(adapter_model).hexdigest(),
         fallback_threshold=fallback_threshold,
+        # The gate's decision travels in `extra` (the change log carries it to replicas).
+        use_adapter=bool(((extra or {}).get("gate") or {}).get("use_adapter", True)),
         extra=extra or {},
     )
     staging = experts_dir / f"{_TEMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
