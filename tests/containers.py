@@ -55,19 +55,7 @@ class Engine:
     def run(
         self, *args: str, timeout: float = 600, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [self.name, *args],
-            env={**os.environ, **self.env},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(
-                f"{self.name} {' '.join(args[:3])} failed ({result.returncode}):\n"
-                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-            )
-        return result
+        return _run([self.name, *args], self.env, timeout, check)
 
     def has_image(self, image: str) -> bool:
         return self.run("image", "inspect", image, check=False).returncode == 0
@@ -82,6 +70,21 @@ class Engine:
             if Path(path).is_file():
                 mounts += ["-v", f"{path}:{path}:ro"]
         return mounts
+
+
+def _run(
+    command: Sequence[str], env: dict[str, str], timeout: float, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """A command with `env` added, output captured; RuntimeError with its tail on failure."""
+    result = subprocess.run(
+        list(command), env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command[:4])} failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
 
 
 def find_engine() -> Engine | str:
@@ -201,40 +204,19 @@ class Stack:
 
     def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         command = [*self.engine.compose, "-f", str(COMPOSE_FILE), "-p", self.project, *args]
-        result = subprocess.run(
-            command,
-            env={**os.environ, **self.engine.env, **self.env},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-            )
-        return result
+        return _run(command, {**self.engine.env, **self.env}, timeout)
 
     def containers(self, service: str | None = None) -> list[str]:
-        """Names of this project's containers (of one service), running or not."""
+        """Names of this project's containers (of one service), running or not (Compose's
+        labels, which podman-compose sets too)."""
         labels = ["--filter", f"label=com.docker.compose.project={self.project}"]
-        if self.engine.name == "podman":
-            labels = ["--filter", f"label=io.podman.compose.project={self.project}"]
         if service is not None:
-            key = (
-                "io.podman.compose.service"
-                if self.engine.name == "podman"
-                else "com.docker.compose.service"
-            )
-            labels += ["--filter", f"label={key}={service}"]
+            labels += ["--filter", f"label=com.docker.compose.service={service}"]
         found = self.engine.run("ps", "-a", *labels, "--format", "{{.Names}}")
         return sorted(name for name in found.stdout.split() if name)
 
     def exec(self, container: str, command: Sequence[str], timeout: float = 120) -> str:
         return self.engine.run("exec", container, *command, timeout=timeout).stdout
-
-    def volumes(self) -> list[str]:
-        found = self.engine.run("volume", "ls", "--format", "{{.Name}}")
-        return [name for name in found.stdout.split() if name.startswith(f"{self.project}_")]
 
     def mounts(self, container: str) -> list[str]:
         """Names of the volumes mounted in a container."""

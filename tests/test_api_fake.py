@@ -274,7 +274,8 @@ def test_an_expert_whose_gate_is_off_serves_base_vectors_on_its_own_index(
 
     with TestClient(create_app(fake_settings)) as client:
         populate(client, lora_a, lora_b)
-    update_spec(read_expert(fake_settings.experts_dir / "code"), use_adapter=False)
+    code = read_expert(fake_settings.experts_dir / "code")
+    update_spec(code, extra={**code.spec.extra, "gate": {"use_adapter": False}})
     with TestClient(create_app(fake_settings)) as client:
         listed = {e["name"]: e for e in client.get("/v1/experts").json()["experts"]}
         assert listed["code"]["use_adapter"] is False and listed["aero"]["use_adapter"] is True

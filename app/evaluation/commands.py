@@ -70,7 +70,7 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """Keep each expert's adapter only where, on its held-out TRAIN queries, hybrid
         search with it beats hybrid with the base encoder on its index by two standard
-        errors; else its queries use the base encoder (expert.json `use_adapter`)."""
+        errors; else its queries use the base encoder (expert.json extra.gate.use_adapter)."""
         from tqdm import tqdm
 
         from app.core.hybrid import weights_lookup
@@ -103,7 +103,7 @@ def register(cli: typer.Typer) -> None:
                 continue
             gate = gate_expert(expert, dataset, encoder, embedding_cache(cache_dir), weights)
             extra = {**expert.spec.extra, "gate": gate}
-            update_spec(expert, use_adapter=gate["use_adapter"], extra=extra)
+            update_spec(expert, extra=extra)
             typer.echo(
                 f"{name:32s} use_adapter={gate['use_adapter']!s:5s} "
                 f"adapter {gate['hybrid_ndcg@10_adapter']} base {gate['hybrid_ndcg@10_base']} "

@@ -7,7 +7,7 @@ the expert (the adapter's query vectors, the expert's fusion weight) and as the 
 stays on only if its mean nDCG@10 gain beats two standard errors of the paired per-query
 differences; otherwise queries routed to the expert are the base encoder's (vectors and
 fusion weights) and still search its index. Serving reads the decision from expert.json
-(`use_adapter`); `rr eval` scores a gated expert the same way.
+(`extra.gate.use_adapter`); `rr eval` scores a gated expert the same way.
 """
 
 from __future__ import annotations

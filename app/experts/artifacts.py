@@ -54,11 +54,15 @@ class ExpertSpec:
     # Hybrid search's dense weight for queries this expert embeds (learned on its train
     # queries by `rr tune-fusion`); None = the per-query fallback model.
     fusion_weight: float | None = None
-    # False: queries routed here are embedded by the base encoder (the routing still picks
-    # this expert's index), because on its held-out queries the adapter did not beat the
-    # base encoder in hybrid search (`rr gate-experts`; its evidence in extra["gate"]).
-    use_adapter: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # training config, metrics, ...
+
+    @property
+    def use_adapter(self) -> bool:
+        """False: queries routed here are embedded by the base encoder (the routing still
+        picks this expert's index), because on its held-out queries the adapter did not beat
+        the base encoder in hybrid search (`rr gate-experts`: extra["gate"], which the
+        change log carries to replicas with the rest of `extra`)."""
+        return bool((self.extra.get("gate") or {}).get("use_adapter", True))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,8 +133,6 @@ def write_expert(
         pilot_count=int(pilots.shape[0]),
         adapter_sha256=hashlib.sha256(adapter_model).hexdigest(),
         fallback_threshold=fallback_threshold,
-        # The gate's decision travels in `extra` (the change log carries it to replicas).
-        use_adapter=bool(((extra or {}).get("gate") or {}).get("use_adapter", True)),
         extra=extra or {},
     )
     staging = experts_dir / f"{_TEMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
